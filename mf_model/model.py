@@ -1,0 +1,339 @@
+"""``MotionFollower``: the networks, their loading, condition encoding, and ``edit(window)``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mf_model import loading
+from mf_model.config import ModelConfig, PoseGuiderConfig, UNetConfig, preset
+from mf_model.controllers import PoseGuider
+from mf_model.guidance import GuidanceWeights
+from mf_model.noise import FrameIndexedNoise, NoiseProvider
+from mf_model.sampler import Conditions, Tap, TwoBranchSampler
+from mf_model.schedule import Schedule
+from mf_model.unet import UNet3DConditionModel
+from mf_model.window import EditOptions, EditResult, EditWindow
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ESTIMATOR_MODES = ("shared", "official")
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of fp32, fp16, bf16")
+    return DTYPES[dtype]
+
+
+def _build_vae(cfg: dict):
+    from diffusers import AutoencoderKL
+    clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    vae = AutoencoderKL.from_config(clean)
+    vae.encoder = None  # only the decoder is used
+    vae.quant_conv = None
+    return vae
+
+
+def _build_clip(cfg: dict):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    keep = {k: v for k, v in cfg.items() if k not in ("architectures", "_name_or_path", "transformers_version")}
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**keep))
+
+
+def _pose_guider_config(sd: dict) -> PoseGuiderConfig:
+    """Read the PoseGuider widths off a ``poctr.pth`` state dict (sizes differ between full and tiny models)."""
+    try:
+        chans = [sd["conv_in.weight"].shape[0]]
+        i = 1
+        while f"blocks.{i}.weight" in sd:
+            chans.append(sd[f"blocks.{i}.weight"].shape[0])
+            i += 2
+        return PoseGuiderConfig(conditioning_embedding_channels=sd["conv_out.weight"].shape[0],
+                                conditioning_channels=sd["conv_in.weight"].shape[1], block_out_channels=tuple(chans))
+    except KeyError as exc:
+        raise loading.WeightsError(f"pose guider checkpoint lacks {exc}") from exc
+
+
+def _randomize_zero_inits(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Zero-initialised output layers (motion-module ``proj_out``, PoCtr ``conv_out``) get small random values so
+    random-weight models exercise every path."""
+    for name, p in module.named_parameters():
+        if (name.endswith("proj_out.weight") and "temporal_transformer" in name) or name == "conv_out.weight":
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p[0].numel()) ** 0.5))
+
+
+class MotionFollower:
+    """The MotionFollower model: denoising UNet (+ReCtr), estimator, PoCtr, CLIP image encoder, VAE decoder."""
+
+    def __init__(self, config: ModelConfig, unet, pose_guider, vae, image_encoder, estimator=None,
+                 weights_id: str = "random", coverage: Optional[loading.CoverageReport] = None):
+        self.config = config
+        self.unet = unet
+        self.estimator = estimator if estimator is not None else unet
+        self.pose_guider = pose_guider
+        self.vae = vae
+        self.image_encoder = image_encoder
+        self.weights_id = weights_id
+        self.coverage = coverage
+        for m in self.modules():
+            m.requires_grad_(False)
+            m.eval()
+        # guidance differentiates the estimator w.r.t. its input: checkpoint its blocks (no effect under no_grad)
+        self.estimator.gradient_checkpointing = True
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def modules(self):
+        mods = [self.unet, self.pose_guider, self.vae, self.image_encoder]
+        if self.estimator is not self.unet:
+            mods.append(self.estimator)
+        return mods
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+    @property
+    def estimator_mode(self) -> str:
+        return "shared" if self.estimator is self.unet else "official"
+
+    def to(self, device=None, dtype=None) -> "MotionFollower":
+        for m in self.modules():
+            m.to(device=device, dtype=dtype)
+        return self
+
+    @classmethod
+    def random(cls, config: ModelConfig | str = "tiny", seed: int = 0, estimator: str = "shared",
+               device="cpu", dtype="fp32") -> "MotionFollower":
+        """A model with seeded random weights (the bundled demo model, tests, benchmarks)."""
+        if isinstance(config, str):
+            config = preset(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            unet = UNet3DConditionModel(config.unet)
+            _randomize_zero_inits(unet, gen)
+            est = None
+            if estimator == "official":
+                est = UNet3DConditionModel(config.unet)
+                _randomize_zero_inits(est, gen)
+            pg = PoseGuider(**vars(config.pose_guider))
+            _randomize_zero_inits(pg, gen)
+            vae = _build_vae(config.vae)
+            clip = _build_clip(config.image_encoder)
+        model = cls(config, unet, pg, vae, clip, est, weights_id=f"random:{config.name}:seed{seed}")
+        return model.to(device=torch.device(device), dtype=parse_dtype(dtype))
+
+    @classmethod
+    def from_official(cls, uri: str, estimator: str = "shared", device="cpu", dtype="fp32") -> "MotionFollower":
+        """Load the official release layout (or an official-style YAML) with strict coverage checks."""
+        if estimator not in ESTIMATOR_MODES:
+            raise ValueError(f"estimator must be one of {ESTIMATOR_MODES}, got {estimator!r}")
+        lay = loading.locate_official(uri)
+        base_cfg = loading.read_json(loading._join(lay.base_unet, "config.json"))
+        ucfg = UNetConfig.from_diffusers(base_cfg, lay.motion_kwargs)
+        base_sd = loading.load_state_dict(loading.first_existing(
+            lay.base_unet, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]))
+        motion_sd = loading.load_state_dict(lay.motion_module)
+        den_sd = loading.load_state_dict(lay.denoising_unet)
+        pg_sd = loading.load_state_dict(lay.pose_guider)
+        vae_cfg = loading.read_json(loading._join(lay.vae, "config.json"))
+        vae_sd = loading.rename_legacy_vae(loading.load_state_dict(loading.first_existing(
+            lay.vae, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"])))
+        clip_cfg = loading.read_json(loading._join(lay.image_encoder, "config.json"))
+        clip_sd = loading.load_state_dict(loading.first_existing(
+            lay.image_encoder, ["model.safetensors", "pytorch_model.bin"]))
+        config = ModelConfig(unet=ucfg, pose_guider=_pose_guider_config(pg_sd), vae=vae_cfg, image_encoder=clip_cfg,
+                             name="official")
+        report = loading.CoverageReport()
+        unet = UNet3DConditionModel(ucfg)
+        report.modules.append(loading.merge_into(unet, "denoising_unet", [
+            ("denoising_unet.pth", den_sd), ("motion_module.pth", motion_sd), ("base unet", base_sd)]))
+        est = None
+        if estimator == "official":
+            if lay.estimator_adapter is None:
+                raise loading.WeightsError(
+                    f"{uri}: estimator='official' needs estimator_appearance_adapter.safetensors (the official code "
+                    "leaves the estimator's appearance adapter at its random initialisation)")
+            est = UNet3DConditionModel(ucfg)
+            report.modules.append(loading.merge_into(est, "estimator", [
+                ("motion_module.pth", motion_sd), ("base unet", base_sd),
+                ("estimator adapter", loading.load_state_dict(lay.estimator_adapter))]))
+            report.modules[-1].unexpected.pop("base unet", None)
+        pg = PoseGuider(**vars(config.pose_guider))
+        report.modules.append(loading.merge_into(pg, "pose_guider", [("poctr.pth", pg_sd)]))
+        vae = _build_vae(vae_cfg)
+        report.modules.append(loading.merge_into(vae, "vae", [("sd-vae-ft-mse", vae_sd)],
+                                                 ignore_prefixes=("encoder.", "quant_conv.")))
+        clip = _build_clip(clip_cfg)
+        report.modules.append(loading.merge_into(clip, "image_encoder", [("image_encoder", clip_sd)],
+                                                 ignore_prefixes=("vision_model.embeddings.position_ids",)))
+        report.raise_if_incomplete()
+        for m in report.modules:
+            for src, keys in m.unexpected.items():
+                if keys:
+                    log.warning("%s: %d keys of %s match no parameter and were ignored (e.g. %s)", m.module,
+                                len(keys), src, keys[0])
+        wid = "official:" + hashlib.sha256(json.dumps(
+            [(k, list(v.shape), float(v.float().flatten()[:4].sum())) for k, v in sorted(den_sd.items())[:64]]
+        ).encode()).hexdigest()[:16]
+        model = cls(config, unet, pg, vae, clip, est, weights_id=wid, coverage=report)
+        return model.to(device=torch.device(device), dtype=parse_dtype(dtype))
+
+    # -- own single-directory format ------------------------------------------------------------------------------
+    def save(self, uri: str) -> None:
+        """Write our single-directory format: ``mf_config.json`` + one safetensors file per network."""
+        from safetensors.torch import save
+        fs, path = loading._fs(uri)
+        fs.makedirs(path, exist_ok=True)
+        files = {"denoising_unet": self.unet, "pose_guider": self.pose_guider, "vae": self.vae,
+                 "image_encoder": self.image_encoder}
+        if self.estimator is not self.unet:
+            files["estimator"] = self.estimator
+        for name, module in files.items():
+            sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            with fs.open(loading._join(path, f"{name}.safetensors"), "wb") as fh:
+                fh.write(save(sd))
+        meta = {"config": self.config.to_dict(), "estimator": self.estimator_mode, "weights_id": self.weights_id}
+        with fs.open(loading._join(path, loading.MF_CONFIG), "w") as fh:
+            json.dump(meta, fh, indent=1)
+
+    @classmethod
+    def from_mf(cls, uri: str, device="cpu", dtype="fp32") -> "MotionFollower":
+        meta = loading.read_json(loading._join(uri, loading.MF_CONFIG))
+        config = ModelConfig.from_dict(meta["config"])
+        unet = UNet3DConditionModel(config.unet)
+        est = UNet3DConditionModel(config.unet) if meta.get("estimator") == "official" else None
+        pg = PoseGuider(**vars(config.pose_guider))
+        vae = _build_vae(config.vae)
+        clip = _build_clip(config.image_encoder)
+        report = loading.CoverageReport()
+        parts = [("denoising_unet", unet), ("pose_guider", pg), ("vae", vae), ("image_encoder", clip)]
+        if est is not None:
+            parts.append(("estimator", est))
+        for name, module in parts:
+            sd = loading.load_state_dict(loading._join(uri, f"{name}.safetensors"))
+            report.modules.append(loading.merge_into(module, name, [(f"{name}.safetensors", sd)]))
+        report.raise_if_incomplete()
+        model = cls(config, unet, pg, vae, clip, est, weights_id=meta.get("weights_id", "mf"), coverage=report)
+        return model.to(device=torch.device(device), dtype=parse_dtype(dtype))
+
+    def identity(self) -> dict:
+        return {"model": self.config.name, "weights_id": self.weights_id, "estimator": self.estimator_mode,
+                "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device)}
+
+    # -- condition encoding -----------------------------------------------------------------------------------
+    def clip_pixels(self, frames) -> torch.Tensor:
+        """Per-frame CLIP input: PIL bicubic resize of the original frame to 224², CLIP mean/std."""
+        size = self.config.image_encoder.get("image_size", 224)
+        out = []
+        for fr in frames:
+            img = Image.fromarray(np.asarray(fr, dtype=np.uint8)).convert("RGB").resize((size, size), Image.BICUBIC)
+            arr = np.asarray(img, dtype=np.float64) * (1 / 255)
+            out.append(arr.astype(np.float32))
+        x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def encode(self, window: EditWindow) -> Conditions:
+        window.validate()
+        dev, dt = self.device, self.dtype
+        f = window.num_frames
+        h, w = window.size
+        clip_src = window.clip_frames if window.clip_frames is not None else list(window.source_frames)
+        clip = self.image_encoder(pixel_values=self.clip_pixels(clip_src).to(dev, dt)).image_embeds.unsqueeze(1)
+
+        def img(a):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(0, 3, 1, 2).to(dt) / 255
+
+        def mask(a):
+            a = np.asarray(a)
+            if a.ndim == 4:
+                a = a[..., 0]
+            return torch.from_numpy((a > (127 if a.dtype == np.uint8 else 0.5)).astype(np.float32))[:, None].to(dev, dt)
+
+        appearance = img(window.source_frames) * 2 - 1
+        pose_src = self.pose_guider(img(window.source_poses))
+        pose_tgt = self.pose_guider(img(window.target_poses))
+        app_unet = self.unet.appearance_features(appearance)
+        app_est = app_unet if self.estimator is self.unet else self.estimator.appearance_features(appearance)
+        lc = self.config.unet.in_channels
+        return Conditions(clip=clip, pose_src=pose_src, pose_tgt=pose_tgt, app_unet=app_unet, app_est=app_est,
+                          source_masks=mask(window.source_masks), target_masks=mask(window.target_masks),
+                          latent_shape=(1, lc, f, h // 8, w // 8))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, 4, F, h, w) latents → (F, 3, H, W) float32 in [0, 1] on the CPU, one frame at a time."""
+        frames = []
+        vdt = next(self.vae.parameters()).dtype
+        for f in range(latents.shape[2]):
+            z = latents[:, :, f].to(vdt) / self.config.latent_scale
+            frames.append((self.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).float().cpu())
+        return torch.cat(frames)
+
+    # -- the public edit --------------------------------------------------------------------------------------
+    def sampler(self, options: EditOptions, tap: Optional[Tap] = None) -> TwoBranchSampler:
+        weights = GuidanceWeights(energy_scale=options.energy_scale, factor=options.guidance_factor)
+        return TwoBranchSampler(self.unet, self.estimator, Schedule(self.config.scheduler, options.steps),
+                                cfg=options.cfg, camera=options.camera, weights=weights,
+                                sde_strength=options.sde_strength, tap=tap)
+
+    def edit(self, window: EditWindow, options: EditOptions = EditOptions(), noise: Optional[NoiseProvider] = None,
+             lockstep: bool = True, reconstruction: bool = False, tap: Optional[Tap] = None,
+             progress: Optional[Callable[[int, int], None]] = None) -> EditResult:
+        """Edit one window: re-render the source person in the target poses. Returns uint8 (F, H, W, 3) frames."""
+        start = time.perf_counter()
+        window.validate()
+        if noise is None:
+            idx = window.frame_indices if window.frame_indices is not None else range(window.num_frames)
+            noise = FrameIndexedNoise(options.seed, idx)
+        cond = self.encode(window)
+        x, x_rec = self.sampler(options, tap).run(cond, noise, lockstep=lockstep, progress=progress)
+        if tap is not None:
+            tap("final_latents", -1, (x, x_rec))
+        result = EditResult(frames=np.empty((0,)), seconds=0.0,
+                            info={"latents": x.float().cpu(), "reconstruction_latents": x_rec.float().cpu()})
+        if options.decode:
+            result.frames = _to_uint8(self.decode(x))
+            if reconstruction:
+                result.reconstruction = _to_uint8(self.decode(x_rec))
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(F, 3, H, W) float in [0,1] → (F, H, W, 3) uint8 (rounded)."""
+    return (video.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def load_model(weights: Optional[str] = None, preset_name: str = "tiny", dtype="fp32", device="cpu",
+               estimator: str = "shared", seed: int = 0) -> MotionFollower:
+    """The one entry point: ``weights`` (official layout dir/YAML or our format, local or fsspec URI) or, when
+    None, the named preset with seeded random weights (``tiny`` is the bundled demo model)."""
+    if weights is None:
+        return MotionFollower.random(preset_name, seed=seed, estimator=estimator, device=device, dtype=dtype)
+    fmt = loading.detect_format(weights)
+    if fmt == "mf":
+        return MotionFollower.from_mf(weights, device=device, dtype=dtype)
+    return MotionFollower.from_official(weights, estimator=estimator, device=device, dtype=dtype)
+

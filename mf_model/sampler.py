@@ -1,0 +1,151 @@
+"""The two-branch sampler: reconstruction and score-guided editing, run in lockstep.
+
+Editing step i needs only the reconstruction latent that entered step i and (camera mode) the reconstruction's
+up-block K/V of step i. Lockstep runs reconstruction step i, then editing step i, then drops step i's state, so
+memory is O(one step) and the result equals running the branches one after the other (``lockstep=False`` does
+that, keeping every step's latents and K/V, for verification).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mf_model.camera import KVBank, camera_mode
+from mf_model.guidance import GuidanceMasks, GuidanceWeights, score_guidance
+from mf_model.noise import NoiseProvider
+from mf_model.schedule import Schedule
+from mf_model.unet import UNet3DConditionModel
+
+log = logging.getLogger(__name__)
+Tap = Callable[[str, int, object], None]
+
+
+@dataclass
+class Conditions:
+    """Everything the sampler needs, already encoded (F frames, model dtype/device)."""
+
+    clip: torch.Tensor  # (F, 1, D) per-frame CLIP image embeddings
+    pose_src: torch.Tensor  # (F, C0, h, w) PoCtr features of the source poses
+    pose_tgt: torch.Tensor  # (F, C0, h, w) PoCtr features of the target poses
+    app_unet: Sequence[torch.Tensor]  # ReCtr features of the denoising UNet
+    app_est: Sequence[torch.Tensor]  # ReCtr features of the estimator
+    source_masks: torch.Tensor  # (F, 1, H, W) {0,1}
+    target_masks: torch.Tensor  # (F, 1, H, W) {0,1}
+    latent_shape: tuple[int, int, int, int, int]
+
+
+class TwoBranchSampler:
+    def __init__(self, unet: UNet3DConditionModel, estimator: UNet3DConditionModel, schedule: Schedule,
+                 cfg: float, camera: bool, weights: GuidanceWeights = GuidanceWeights(), sde_strength: float = 0.4,
+                 tap: Optional[Tap] = None):
+        self.unet, self.estimator, self.sched = unet, estimator, schedule
+        self.cfg, self.camera, self.weights, self.sde_strength = cfg, camera, weights, sde_strength
+        self.tap = tap or (lambda name, i, value: None)
+
+    # -- one reconstruction step -------------------------------------------------------------------------------
+    def _rec_step(self, i: int, x_rec: torch.Tensor, c: Conditions, bank: Optional[KVBank]) -> torch.Tensor:
+        t = self.sched.timesteps[i]
+        with camera_mode(self.unet.camera_hook, "save" if bank is not None else None, bank):
+            v = self.unet(x_rec, t, c.clip, c.pose_src, c.app_unet)
+        self.tap("rec_unet_out", i, v)
+        return self.sched.ddim_step(v, t, x_rec)
+
+    # -- one editing step (with its replays) -------------------------------------------------------------------
+    def _features(self, c: Conditions, t: int):
+        def run(latent: torch.Tensor, is_edit: bool):
+            pose = c.pose_tgt if is_edit else c.pose_src
+            return self.estimator(latent, t, c.clip, pose, c.app_est, up_ft_indices=[1, 2])
+        return run
+
+    def _edit_step(self, i: int, x: torch.Tensor, x_rec: torch.Tensor, c: Conditions, masks: GuidanceMasks,
+                   bank: Optional[KVBank], noise: NoiseProvider) -> torch.Tensor:
+        sched, plan = self.sched, self.sched.plan
+        t = sched.timesteps[i]
+        s = sched.prev(t)
+        a_t, a_s = sched.alpha(t), sched.alpha(s)
+        use_cfg = self.cfg > 1.0
+        cond_cfg = torch.cat([torch.zeros_like(c.clip), c.clip]) if use_cfg else c.clip
+        reps = plan.replays(i)
+        x_prev = x
+        for r in range(reps):
+            with camera_mode(self.unet.camera_hook, "inject" if bank is not None else None, bank):
+                if use_cfg:
+                    v_u, v_c = self.unet(torch.cat([x, x]), t, cond_cfg, c.pose_tgt, c.app_unet).chunk(2)
+                    v = v_u + self.cfg * (v_c - v_u)
+                else:
+                    v = self.unet(x, t, cond_cfg, c.pose_tgt, c.app_unet)
+            if r == 0:
+                self.tap("edit_unet_out", i, (v_u, v_c) if use_cfg else v)
+            v_org = v
+            if plan.guidance(i):
+                g = score_guidance(self._features(c, t), x, x_rec, masks, self.weights)
+                self.tap("guidance", i, g)
+                v = v + g
+            x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * v
+            eps = a_t ** 0.5 * v_org + (1 - a_t) ** 0.5 * x
+            if plan.sde(i):
+                sigma_rd = self.sde_strength * sched.variance(t, s) ** 0.5
+                x_det = a_s ** 0.5 * x0 + (1 - a_s) ** 0.5 * eps
+                x_rd = a_s ** 0.5 * x0 + (1 - a_s - sigma_rd ** 2) ** 0.5 * eps
+                z = noise.step(i, tuple(x.shape), x.dtype, x.device)
+                m = masks.target_latent.to(x.dtype)
+                x_prev = x_det * (1 - m) + (x_rd + sigma_rd * z) * m
+            else:
+                x_prev = a_s ** 0.5 * x0 + (1 - a_s) ** 0.5 * eps
+            if r < reps - 1:  # replay: re-noise x_prev from s back to t (the official's last re-noise is unused)
+                s_re = max(min(s, sched.num_train - 1), 0)
+                a_re = sched.alpha(s_re)
+                v_re = self.unet(x_prev, s_re, c.clip, c.pose_tgt, c.app_unet)
+                x0_re = a_re ** 0.5 * x_prev - (1 - a_re) ** 0.5 * v_re
+                eps_re = a_re ** 0.5 * v_re + (1 - a_re) ** 0.5 * x_prev
+                x = a_t ** 0.5 * x0_re + (1 - a_t) ** 0.5 * eps_re
+        return x_prev
+
+    # -- the whole run ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, c: Conditions, noise: NoiseProvider, lockstep: bool = True,
+            progress: Optional[Callable[[int, int], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (edited latents, reconstruction latents), both (1, 4, F, h, w)."""
+        dtype, device = c.clip.dtype, c.clip.device
+        x_t = noise.initial(c.latent_shape, dtype, device)
+        self.tap("initial_noise", -1, x_t)
+        masks = GuidanceMasks.build(c.source_masks, c.target_masks, c.latent_shape[-2:])
+        for region, frames in masks.empty.items():
+            if frames:
+                log.warning("mask region %r is empty in frames %s: those frames' %r guidance terms are skipped",
+                            region, frames, region)
+        steps = self.sched.steps
+        cam = lambda i: (KVBank(c.source_masks, c.target_masks)  # noqa: E731
+                         if self.camera and self.sched.plan.camera(i) else None)
+        x_rec, x = x_t, x_t
+        if lockstep:
+            for i in range(steps):
+                bank = cam(i)
+                self.tap("rec_latent", i, x_rec)
+                x_rec_next = self._rec_step(i, x_rec, c, bank)
+                if bank is not None:
+                    self.tap("kv", i, bank)
+                x = self._edit_step(i, x, x_rec, c, masks, bank, noise)
+                self.tap("edit_latent", i, x)
+                x_rec = x_rec_next
+                if progress:
+                    progress(i + 1, steps)
+            return x, x_rec
+        # sequential: the whole reconstruction first (the official order), then the editing branch
+        rec_latents, banks = [], []
+        for i in range(steps):
+            bank = cam(i)
+            rec_latents.append(x_rec)
+            self.tap("rec_latent", i, x_rec)
+            x_rec = self._rec_step(i, x_rec, c, bank)
+            banks.append(bank)
+        for i in range(steps):
+            x = self._edit_step(i, x, rec_latents[i], c, masks, banks[i], noise)
+            self.tap("edit_latent", i, x)
+            if progress:
+                progress(i + 1, steps)
+        return x, x_rec
