@@ -116,7 +116,7 @@ class MotionFollower:
 
     def to(self, device=None, dtype=None) -> "MotionFollower":
         for m in self.modules():
-            m.to(device=device, dtype=dtype)
+            torch.nn.Module.to(m, device=device, dtype=dtype)  # plain module cast (no diffusers dtype warnings)
         return self
 
     @classmethod
