@@ -1,0 +1,310 @@
+"""Probe and decode source/driving media: video files (anything decord reads) or folders of ``frame_{i}`` images.
+
+All paths may be fsspec URIs. Every failure of a bad input surfaces as :class:`pipelines.errors.InputError` naming
+the file and the reason. decord raises two unrelated exception types (``RuntimeError`` and ``decord.DECORDError``);
+both are caught here.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from pipelines.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FRAME_RE = re.compile(r"^frame_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+DEFAULT_FOLDER_FPS = 8.0
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+DECODE_CHUNK = 32
+
+
+@dataclass
+class VideoInfo:
+    """What :func:`probe_video` learns about an input."""
+
+    uri: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    has_audio: bool = False
+    kind: str = "video"  # "video" | "folder"
+    frame_files: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.fps if self.fps > 0 else 0.0
+
+
+def _fs(uri: str):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    return fs, path
+
+
+def _decord_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [RuntimeError]
+    try:
+        import decord
+
+        errs.append(decord.DECORDError)
+    except Exception:  # pragma: no cover - decord always installed in this product
+        pass
+    return tuple(errs)
+
+
+def _reason_from_decord(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    low = msg.lower()
+    if "cannot find video stream" in low or "video stream" in low:
+        return "no video stream in the file (audio-only or not a video)"
+    if "error reading" in low or "invalid data" in low:
+        return f"not a readable video (unknown format, corrupt or truncated): {msg[:200]}"
+    return f"cannot decode video: {msg[:200]}"
+
+
+def _sniff(fs, path: str, uri: str) -> bytes:
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        raise InputError(uri, "file not found") from None
+    if size == 0:
+        raise InputError(uri, "file is empty (0 bytes)")
+    with fs.open(path, "rb") as f:
+        head = f.read(64)
+    return head
+
+
+def _classify_header(head: bytes, uri: str) -> None:
+    """Refuse obvious non-videos early with a precise reason."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:6] in (b"GIF87a", b"GIF89a") \
+            or head[:2] == b"BM" or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        raise InputError(uri, "is a still image, not a video (give a folder of frame_{i} images for frames)")
+    if head[:3] == b"ID3" or head[:4] in (b"fLaC", b"OggS") and b"vorbis" in head or \
+            (head[:4] == b"RIFF" and head[8:12] == b"WAVE"):
+        raise InputError(uri, "is an audio file, not a video (no video stream)")
+    try:
+        text = head.decode("utf-8")
+        if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+            raise InputError(uri, "is a text file, not a video")
+    except UnicodeDecodeError:
+        pass
+
+
+def _is_folder(fs, path: str) -> bool:
+    try:
+        return fs.isdir(path)
+    except Exception:
+        return False
+
+
+def _list_frames(fs, path: str, uri: str) -> list[str]:
+    items = []
+    for p in fs.ls(path, detail=False):
+        m = FRAME_RE.match(os.path.basename(str(p).rstrip("/")))
+        if m:
+            items.append((int(m.group(1)), str(p)))
+    if not items:
+        raise InputError(uri, "folder holds no frame_{i}.jpg/png images")
+    items.sort()
+    return [p for _, p in items]
+
+
+def _load_image(fs, path: str, uri: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with fs.open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(path if "://" not in uri else uri, f"cannot read image: {exc}") from None
+
+
+def _open_reader(uri: str):
+    """Return (decord.VideoReader, keep_alive) for a local path or an fsspec URI."""
+    import decord
+
+    fs, path = _fs(uri)
+    head = _sniff(fs, path, uri)
+    _classify_header(head, uri)
+    errs = _decord_errors()
+    try:
+        if getattr(fs, "protocol", None) in ("file", ("file", "local")) or "://" not in str(uri):
+            vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            return vr, None
+        fobj = fs.open(path, "rb")
+        vr = decord.VideoReader(fobj, ctx=decord.cpu(0), num_threads=1)
+        return vr, fobj
+    except errs as exc:
+        raise InputError(uri, _reason_from_decord(exc)) from None
+
+
+def _has_audio(uri: str) -> bool:
+    """Best effort: ffprobe for an audio stream (local files only)."""
+    if "://" in str(uri) and not str(uri).startswith("file://"):
+        return False
+    try:
+        import ffmpeg
+
+        meta = ffmpeg.probe(str(uri).replace("file://", ""))
+        return any(s.get("codec_type") == "audio" for s in meta.get("streams", []))
+    except Exception:
+        return False
+
+
+def _probe_codec(uri: str) -> str | None:
+    if "://" in str(uri) and not str(uri).startswith("file://"):
+        return None
+    try:
+        import ffmpeg
+
+        meta = ffmpeg.probe(str(uri).replace("file://", ""))
+        for s in meta.get("streams", []):
+            if s.get("codec_type") == "video":
+                return s.get("codec_name")
+    except Exception:
+        return None
+    return None
+
+
+def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
+    """Frames, fps, size and audio presence of a video file or a ``frame_{i}`` folder.
+
+    ``fps`` is used for folders (default 8, the official GIF rate) and ignored for videos.
+    Raises :class:`InputError` for anything that is not a decodable video with at least one frame.
+    """
+    uri = str(uri)
+    fs, path = _fs(uri)
+    if _is_folder(fs, path):
+        files = _list_frames(fs, path, uri)
+        first = _load_image(fs, files[0], uri)
+        return VideoInfo(uri=uri, frames=len(files), fps=float(fps or DEFAULT_FOLDER_FPS), width=first.shape[1],
+                         height=first.shape[0], has_audio=False, kind="folder", frame_files=files)
+    codec = _probe_codec(uri)
+    if codec in ("av1",):
+        # decord 0.6 bundles FFmpeg 4.1 and has no AV1 decoder: say so instead of failing obscurely.
+        raise InputError(uri, "AV1 video is not supported by the decoder; re-encode it (e.g. H.264)")
+    vr, keep = _open_reader(uri)
+    errs = _decord_errors()
+    try:
+        n = len(vr)
+        if n <= 0:
+            raise InputError(uri, "video has no frames")
+        h, w = vr[0].shape[:2]
+        rate = float(vr.get_avg_fps() or 0.0)
+    except errs as exc:
+        raise InputError(uri, _reason_from_decord(exc)) from None
+    finally:
+        del vr
+        if keep is not None:
+            keep.close()
+    if n == 1:
+        raise InputError(uri, "holds a single frame (a still image given as a video)")
+    if not rate or not np.isfinite(rate):
+        rate = float(fps or 25.0)
+    return VideoInfo(uri=uri, frames=int(n), fps=rate, width=int(w), height=int(h), has_audio=_has_audio(uri),
+                     kind="video")
+
+
+def iter_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK, info: VideoInfo | None = None):
+    """Yield ``(indices_chunk, frames_chunk)`` decoding at most ``chunk`` frames at a time (memory O(chunk))."""
+    uri = str(uri)
+    idx = [int(i) for i in indices]
+    if not idx:
+        return
+    fs, path = _fs(uri)
+    if info is None and _is_folder(fs, path):
+        info = probe_video(uri)
+    if info is not None and info.kind == "folder":
+        for s in range(0, len(idx), chunk):
+            part = idx[s:s + chunk]
+            for i in part:
+                if not 0 <= i < info.frames:
+                    raise InputError(uri, f"frame index {i} out of range (0..{info.frames - 1})")
+            yield part, np.stack([_load_image(fs, info.frame_files[i], uri) for i in part])
+        return
+    vr, keep = _open_reader(uri)
+    errs = _decord_errors()
+    try:
+        n = len(vr)
+        for s in range(0, len(idx), chunk):
+            part = idx[s:s + chunk]
+            bad = [i for i in part if not 0 <= i < n]
+            if bad:
+                raise InputError(uri, f"frame index {bad[0]} out of range (0..{n - 1})")
+            try:
+                arr = vr.get_batch(part).asnumpy()
+            except errs as exc:
+                raise InputError(uri, f"decoding failed near frame {part[0]} (truncated or corrupt file?): "
+                                      f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") \
+                    from None
+            yield part, arr
+    finally:
+        del vr
+        if keep is not None:
+            keep.close()
+
+
+def read_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK,
+                info: VideoInfo | None = None) -> np.ndarray:
+    """Decode the given frame indices of a video or frames folder: ``(N, H, W, 3) uint8`` RGB."""
+    parts = [arr for _, arr in iter_frames(uri, indices, chunk=chunk, info=info)]
+    if not parts:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int] | int = (512, 512), mode: str = "pad") -> np.ndarray:
+    """Resize one frame (H, W[, C]) to ``size`` = (H, W) keeping the aspect ratio.
+
+    ``mode="pad"`` letterboxes with black, ``mode="crop"`` centre-crops. Masks (2-D) use nearest neighbour.
+    """
+    import cv2
+
+    th, tw = (size, size) if isinstance(size, int) else size
+    geo = fit_geometry(frame.shape[:2], (th, tw), mode)
+    s, ox, oy = geo["scale"], geo["ox"], geo["oy"]
+    h, w = frame.shape[:2]
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    interp = cv2.INTER_NEAREST if frame.ndim == 2 else (cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    if (nh, nw) == (h, w):
+        resized = frame
+    else:
+        resized = cv2.resize(frame, (nw, nh), interpolation=interp)
+    out = np.zeros((th, tw) + frame.shape[2:], dtype=frame.dtype)
+    # place the resized image at (ox, oy) (negative offsets crop)
+    x0, y0 = max(0, ox), max(0, oy)
+    sx0, sy0 = max(0, -ox), max(0, -oy)
+    cw, ch = min(tw - x0, nw - sx0), min(th - y0, nh - sy0)
+    out[y0:y0 + ch, x0:x0 + cw] = resized[sy0:sy0 + ch, sx0:sx0 + cw]
+    return out
+
+
+def fit_geometry(src_hw: tuple[int, int], size: tuple[int, int] | int = (512, 512), mode: str = "pad") -> dict:
+    """The affine map of :func:`fit_frame`: ``x_out = x_in * scale + ox`` (same for y with ``oy``)."""
+    th, tw = (size, size) if isinstance(size, int) else size
+    h, w = src_hw
+    if mode not in ("pad", "crop"):
+        raise ValueError(f"resize mode must be 'pad' or 'crop', not {mode!r}")
+    s = min(th / h, tw / w) if mode == "pad" else max(th / h, tw / w)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    return {"scale": s, "ox": (tw - nw) // 2, "oy": (th - nh) // 2}
+
+
+def fit_frames(frames: np.ndarray, size=(512, 512), mode: str = "pad") -> np.ndarray:
+    """:func:`fit_frame` over a batch."""
+    th, tw = (size, size) if isinstance(size, int) else size
+    if frames.shape[1:3] == (th, tw):
+        return frames
+    return np.stack([fit_frame(f, (th, tw), mode) for f in frames]) if len(frames) else \
+        np.zeros((0, th, tw) + frames.shape[3:], frames.dtype)
