@@ -1,0 +1,92 @@
+"""Pose rendering matches the official sample pose images; pose-track files; alignment basics.
+
+Regression: the body keypoints are decoded from an official pose PNG (joint discs found by colour), re-rendered, and
+compared pixel by pixel away from the hands (hand key points are all drawn in one colour, so their identity cannot be
+decoded). Tolerance: the decoded disc centres are integers while the official keypoints were sub-pixel floats, so
+limb edges may move by one pixel; we require the non-black areas to overlap with IoU ≥ 0.83 and ≥ 98 % of the
+overlapping pixels to have exactly the official colour (palette, R/B swap, 60 % limbs, disc size all checked).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines import prepare as P
+from pipelines.align import apply_alignment, compute_alignment
+from pipelines.render import decode_pose_image, official_joint_colors, render_pose
+
+
+def _png(path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _hand_zone(img: np.ndarray, ours: np.ndarray) -> np.ndarray:
+    import cv2
+
+    body_cols = {tuple(c) for c in np.unique(ours.reshape(-1, 3), axis=0)}
+    full = (img.max(-1) == 255) & (img.min(-1) == 0)
+    foreign = np.array([tuple(c) not in body_cols for c in img.reshape(-1, 3)]).reshape(img.shape[:2])
+    zone = (full & foreign) | np.all(img == (255, 0, 0), -1)
+    return cv2.dilate(zone.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+
+
+@pytest.mark.parametrize("case", ["case-1", "case-6"])
+def test_render_matches_official_pose_png(fixture_cases, case):
+    img = _png(fixture_cases / case / "source_poses" / "frame_0.png")
+    kp = decode_pose_image(img)
+    assert (kp[:, 2] > 0).sum() >= 15
+    ours = render_pose(kp, None, (512, 512))
+    zone = _hand_zone(img, ours)
+    a, b = img.any(-1) & ~zone, ours.any(-1) & ~zone
+    iou = (a & b).sum() / (a | b).sum()
+    same = np.all(img == ours, -1)[a & b].mean()
+    assert iou >= 0.83, iou
+    assert same >= 0.98, same
+
+
+def test_render_style_details():
+    body = np.zeros((18, 3), np.float32)
+    body[1] = (100, 100, 1)
+    body[2] = (60, 100, 1)
+    hands = np.zeros((2, 21, 3), np.float32)
+    hands[0, :, :2] = np.stack([np.linspace(150, 170, 21), np.linspace(150, 190, 21)], 1)
+    hands[0, :, 2] = 1
+    img = render_pose(body, hands, (256, 256))
+    assert tuple(img[100, 100]) == tuple(official_joint_colors()[1]) == (0, 85, 255)  # neck disc, R/B swapped
+    assert tuple(img[100, 80]) == (0, 0, 153)                                          # limb at 60 %
+    assert np.all(img[100, 96:105] == img[100, 100]) and not np.all(img[100, 95] == img[100, 100])  # radius 4
+    assert tuple(img[150, 150]) == (255, 0, 0)                                         # hand key points red
+    assert img[:, :40].max() == 0                                                      # black background
+
+
+def test_pose_track_json_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    t = P.PoseTrack(rng.random((5, 18, 3)) * 100, rng.random((5, 2, 21, 3)) * 100, [0, 1, 2, 0, 0], (90, 160), 12.5)
+    P.write_pose_track(t, str(tmp_path / "m.json"))
+    back = P.read_pose_track(str(tmp_path / "m.json"))
+    np.testing.assert_allclose(back.body, t.body, atol=1e-3)
+    assert back.size == (90, 160) and back.fps == 12.5 and list(back.flags) == [0, 1, 2, 0, 0]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(P.InputError, match="bad.json"):
+        P.read_pose_track(str(tmp_path / "bad.json"))
+
+
+def test_alignment_scales_to_source_and_is_json(fixture_cases):
+    import json
+
+    src = np.stack([decode_pose_image(_png(fixture_cases / "case-1" / "source_poses" / f"frame_{i}.png"))
+                    for i in range(4)])
+    drv = src.copy()
+    drv[..., :2] = drv[..., :2] * 0.5 + 40  # the same person, half as big, elsewhere
+    zeros = np.zeros((4, 2, 21, 3), np.float32)
+    s_track = P.PoseTrack(src, zeros, np.zeros(4), (512, 512))
+    d_track = P.PoseTrack(drv, zeros, np.zeros(4), (512, 512))
+    tf = compute_alignment(s_track, d_track, keep_x=False)
+    json.dumps(tf)
+    assert tf["global_scale"] == pytest.approx(2.0, rel=1e-3)
+    out = apply_alignment(d_track, tf)
+    vis = src[..., 2] > 0
+    err = np.hypot(*(out.body[vis][:, :2] - src[vis][:, :2]).T)
+    assert err.max() < 1.0
