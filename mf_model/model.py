@@ -18,6 +18,7 @@ from mf_model.guidance import GuidanceWeights
 from mf_model.noise import FrameIndexedNoise, NoiseProvider
 from mf_model.sampler import Conditions, Tap, TwoBranchSampler
 from mf_model.schedule import Schedule
+from mf_model.transformer import PositionalEncoding
 from mf_model.unet import UNet3DConditionModel
 from mf_model.window import EditOptions, EditResult, EditWindow
 
@@ -122,9 +123,15 @@ class MotionFollower:
     @classmethod
     def random(cls, config: ModelConfig | str = "tiny", seed: int = 0, estimator: str = "shared",
                device="cpu", dtype="fp32") -> "MotionFollower":
-        """A model with seeded random weights (the bundled demo model, tests, benchmarks)."""
+        """A model with seeded random weights (the bundled demo model, tests, benchmarks).
+
+        Small configs use PyTorch's default initialisers; large ones (sd15) are built on the meta device and filled
+        in place on the target device, so no fp32 CPU copy of a full-size UNet is ever made.
+        """
         if isinstance(config, str):
             config = preset(config)
+        if sum(config.unet.block_out_channels) > 1024:
+            return cls._random_large(config, seed, estimator, torch.device(device), parse_dtype(dtype))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             gen = torch.Generator().manual_seed(seed)
@@ -140,6 +147,40 @@ class MotionFollower:
             clip = _build_clip(config.image_encoder)
         model = cls(config, unet, pg, vae, clip, est, weights_id=f"random:{config.name}:seed{seed}")
         return model.to(device=torch.device(device), dtype=parse_dtype(dtype))
+
+    @classmethod
+    def _random_large(cls, config: ModelConfig, seed: int, estimator: str, device: torch.device,
+                      dtype: torch.dtype) -> "MotionFollower":
+        gen = torch.Generator(device=device).manual_seed(seed)
+
+        def unet_on_device():
+            with torch.device("meta"):
+                u = UNet3DConditionModel(config.unet)
+            u = u.to_empty(device=device).to(dtype)
+            with torch.no_grad():
+                for name, p in u.named_parameters():
+                    if p.ndim >= 2:
+                        fan_in = p[0].numel()
+                        p.normal_(0.0, 1.0 / fan_in ** 0.5, generator=gen)
+                    elif "norm" in name and name.endswith("weight"):
+                        p.fill_(1.0)
+                    else:
+                        p.zero_()
+                for m in u.modules():
+                    if isinstance(m, PositionalEncoding):
+                        m.pe.copy_(PositionalEncoding(m.pe.shape[-1], m.pe.shape[1]).pe.to(device, dtype))
+            return u
+
+        unet = unet_on_device()
+        est = unet_on_device() if estimator == "official" else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pg = PoseGuider(**vars(config.pose_guider))
+            _randomize_zero_inits(pg, torch.Generator().manual_seed(seed))
+            vae = _build_vae(config.vae)
+            clip = _build_clip(config.image_encoder)
+        model = cls(config, unet, pg, vae, clip, est, weights_id=f"random:{config.name}:seed{seed}")
+        return model.to(device=device, dtype=dtype)
 
     @classmethod
     def from_official(cls, uri: str, estimator: str = "shared", device="cpu", dtype="fp32") -> "MotionFollower":
@@ -308,11 +349,13 @@ class MotionFollower:
             idx = window.frame_indices if window.frame_indices is not None else range(window.num_frames)
             noise = FrameIndexedNoise(options.seed, idx)
         cond = self.encode(window)
-        x, x_rec = self.sampler(options, tap).run(cond, noise, lockstep=lockstep, progress=progress)
+        sampler = self.sampler(options, tap)
+        x, x_rec = sampler.run(cond, noise, lockstep=lockstep, progress=progress)
         if tap is not None:
             tap("final_latents", -1, (x, x_rec))
         result = EditResult(frames=np.empty((0,)), seconds=0.0,
-                            info={"latents": x.float().cpu(), "reconstruction_latents": x_rec.float().cpu()})
+                            info={"latents": x.float().cpu(), "reconstruction_latents": x_rec.float().cpu(),
+                                  "timings": {k: list(v) for k, v in sampler.timings.items()}})
         if options.decode:
             result.frames = _to_uint8(self.decode(x))
             if reconstruction:

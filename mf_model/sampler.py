@@ -8,6 +8,9 @@ that, keeping every step's latents and K/V, for verification).
 from __future__ import annotations
 
 import logging
+import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -45,11 +48,23 @@ class TwoBranchSampler:
         self.unet, self.estimator, self.sched = unet, estimator, schedule
         self.cfg, self.camera, self.weights, self.sde_strength = cfg, camera, weights, sde_strength
         self.tap = tap or (lambda name, i, value: None)
+        self.timings: dict[str, list[float]] = defaultdict(list)  # seconds per call, by phase
+
+    @contextmanager
+    def _timed(self, phase: str):
+        if self.unet.conv_in.weight.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.unet.conv_in.weight.is_cuda:
+            torch.cuda.synchronize()
+        self.timings[phase].append(time.perf_counter() - start)
 
     # -- one reconstruction step -------------------------------------------------------------------------------
     def _rec_step(self, i: int, x_rec: torch.Tensor, c: Conditions, bank: Optional[KVBank]) -> torch.Tensor:
         t = self.sched.timesteps[i]
-        with camera_mode(self.unet.camera_hook, "save" if bank is not None else None, bank):
+        with camera_mode(self.unet.camera_hook, "save" if bank is not None else None, bank), \
+                self._timed("reconstruction_forward"):
             v = self.unet(x_rec, t, c.clip, c.pose_src, c.app_unet)
         self.tap("rec_unet_out", i, v)
         return self.sched.ddim_step(v, t, x_rec)
@@ -72,7 +87,8 @@ class TwoBranchSampler:
         reps = plan.replays(i)
         x_prev = x
         for r in range(reps):
-            with camera_mode(self.unet.camera_hook, "inject" if bank is not None else None, bank):
+            with camera_mode(self.unet.camera_hook, "inject" if bank is not None else None, bank), \
+                    self._timed("edit_forward"):
                 if use_cfg:
                     v_u, v_c = self.unet(torch.cat([x, x]), t, cond_cfg, c.pose_tgt, c.app_unet).chunk(2)
                     v = v_u + self.cfg * (v_c - v_u)
@@ -82,7 +98,8 @@ class TwoBranchSampler:
                 self.tap("edit_unet_out", i, (v_u, v_c) if use_cfg else v)
             v_org = v
             if plan.guidance(i):
-                g = score_guidance(self._features(c, t), x, x_rec, masks, self.weights)
+                with self._timed("guidance"):
+                    g = score_guidance(self._features(c, t), x, x_rec, masks, self.weights)
                 self.tap("guidance", i, g)
                 v = v + g
             x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * v
@@ -99,7 +116,8 @@ class TwoBranchSampler:
             if r < reps - 1:  # replay: re-noise x_prev from s back to t (the official's last re-noise is unused)
                 s_re = max(min(s, sched.num_train - 1), 0)
                 a_re = sched.alpha(s_re)
-                v_re = self.unet(x_prev, s_re, c.clip, c.pose_tgt, c.app_unet)
+                with self._timed("replay_forward"):
+                    v_re = self.unet(x_prev, s_re, c.clip, c.pose_tgt, c.app_unet)
                 x0_re = a_re ** 0.5 * x_prev - (1 - a_re) ** 0.5 * v_re
                 eps_re = a_re ** 0.5 * v_re + (1 - a_re) ** 0.5 * x_prev
                 x = a_t ** 0.5 * x0_re + (1 - a_t) ** 0.5 * eps_re
