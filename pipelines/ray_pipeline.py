@@ -73,6 +73,9 @@ class RunConfig:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     prepare_actors: int = 1
+    prepare_cpus: float = 1.0  # per prepare actor
+    plan_cpus: float = 0.5  # per plan task (probe + reference alignment)
+    stitch_cpus: float = 1.0  # per stitch task (ffmpeg runs inside)
     max_retries: int = 2  # edit-actor restarts and window retries after a system failure
     crossfade: bool = True
     pose_backend: str = "mediapipe"
@@ -378,9 +381,10 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None,
         configure_data_context(cfg)
         items = [{"request_json": json.dumps(r.to_dict())} for r in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.flat_map(plan_request, fn_kwargs={"cfg": cfg})
+        ds = ds.flat_map(plan_request, fn_kwargs={"cfg": cfg}, num_cpus=cfg.plan_cpus)
         ds = ds.map_batches(PrepareStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.prepare_actors)), num_cpus=1)
+                            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.prepare_actors)),
+                            num_cpus=cfg.prepare_cpus)
         ds = ds.map_batches(
             EditStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)), num_gpus=cfg.gpus_per_actor or None,
@@ -388,7 +392,7 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None,
             # bounded recovery from actor death (Ray Data's default is unbounded)
             max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
         identity = _identity(cfg)
-        stitch_remote = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(stitch_request)
+        stitch_remote = ray.remote(num_cpus=cfg.stitch_cpus, max_retries=cfg.max_retries)(stitch_request)
         pending: dict[str, list[dict]] = defaultdict(list)
         futures: dict[Any, Request] = {}
         by_id = {r.request_id: r for r in todo}
