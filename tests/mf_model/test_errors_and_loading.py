@@ -114,3 +114,28 @@ def test_not_a_weights_dir(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(WeightsError, match="weights not found"):
         load_model(str(tmp_path / "nope"))
+
+
+def test_mf_weights_check_cli(golden_case, tmp_path, capsys):
+    from jobs.cli import main
+
+    assert main(["weights", "check", str(golden_case / "weights")]) == 0
+    out = capsys.readouterr().out
+    assert "denoising_unet: 1304 entries, 716 from denoising_unet.pth, 588 from motion_module.pth" in out
+    assert "weights: OK" in out
+    w = _official_copy(golden_case, tmp_path)
+    sd = load_state_dict(str(w / "denoising_unet.pth"))
+    sd.pop("conv_in.weight")
+    sd["not.a.key"] = torch.zeros(1)
+    torch.save(sd, w / "denoising_unet.pth")
+    assert main(["weights", "check", str(w)]) == 0
+    out = capsys.readouterr().out
+    assert "ignored 1 keys of denoising_unet.pth that match no parameter: not.a.key" in out
+    assert "715 from denoising_unet.pth, 588 from motion_module.pth, 1 from base unet" in out  # priority merge
+    mm = load_state_dict(str(w / "motion_module.pth"))
+    gone = sorted(mm)[5]
+    mm.pop(gone)
+    torch.save(mm, w / "motion_module.pth")
+    assert main(["weights", "check", str(w)]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING 1" in out and gone in out and "weights: INCOMPLETE" in out
