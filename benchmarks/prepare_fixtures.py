@@ -6,7 +6,8 @@ functions from the case's ``source_images`` and ``target_images`` and prints:
 1. source poses vs ``source_poses``: mean joint distance (px at 512²) over joints visible in both, visibility
    disagreement;
 2. source masks vs ``source_masks``: mean IoU;
-3. aligned target poses vs ``target_aligned_poses``: mean joint distance (and the unaligned baseline);
+3. aligned target poses vs ``target_aligned_poses``: mean joint distance (and the unaligned baseline; and our
+   driving poses vs ``target_poses``, which bounds it: the official alignment is an exact per-frame similarity);
 4. predicted target masks vs ``predicted_masks``: mean IoU (and the plain driving-mask baseline).
 
 Official keypoints are decoded from the pose PNGs by joint-disc colour (:func:`pipelines.render.decode_pose_image`).
@@ -61,8 +62,10 @@ def run_case(case: Path) -> dict:
     s_track, s_masks = P.extract_poses(s_frames, fps=s_info.fps, with_masks=True)
     d_track, d_masks = P.extract_poses(d_frames, fps=d_info.fps, with_masks=True)
     transform = P.compute_alignment(s_track, d_track, source_masks=s_masks, driving_masks=d_masks)
-    aligned = P.apply_alignment(d_track, transform)
-    pred = P.predicted_masks(d_masks, d_track.body, aligned.body, transform["width_ratio"])
+    aligned = P.apply_alignment(d_track, transform, s_masks, d_masks)
+    pred = P.aligned_masks(d_masks, d_track.body, transform, s_masks)
+    ref_tgt = np.stack([decode_pose_image(im) for im in _load(case / "target_poses", "rgb")])
+    drv_px, _ = joint_metrics(d_track.body, ref_tgt)
 
     ref_src = np.stack([decode_pose_image(im) for im in _load(case / "source_poses", "rgb")])
     ref_al = np.stack([decode_pose_image(im) for im in _load(case / "target_aligned_poses", "rgb")])
@@ -71,7 +74,7 @@ def run_case(case: Path) -> dict:
     m3_base, _ = joint_metrics(d_track.body, ref_al)
     gt_src, gt_pred = _load(case / "source_masks", "mask"), _load(case / "predicted_masks", "mask")
     return {"case": case.name, "src_pose_px": m1, "src_vis_disagree": vis, "src_mask_iou": iou(s_masks, gt_src),
-            "aligned_pose_px": m3, "unaligned_pose_px": m3_base, "pred_mask_iou": iou(pred, gt_pred),
+            "driving_pose_px": drv_px, "aligned_pose_px": m3, "unaligned_pose_px": m3_base, "pred_mask_iou": iou(pred, gt_pred),
             "driving_mask_iou": iou(d_masks, gt_pred)}
 
 
@@ -82,7 +85,7 @@ def main() -> int:
         print(f"fixtures not found at {root} (set MF_SHARED_DIR)")
         return 2
     rows = [run_case(c) for c in sorted(root.iterdir()) if (c / "source_images").is_dir()]
-    keys = ["src_pose_px", "src_vis_disagree", "src_mask_iou", "aligned_pose_px", "unaligned_pose_px",
+    keys = ["src_pose_px", "src_vis_disagree", "src_mask_iou", "driving_pose_px", "aligned_pose_px", "unaligned_pose_px",
             "pred_mask_iou", "driving_mask_iou"]
     print(f"{'case':8s} " + " ".join(f"{k:>17s}" for k in keys))
     for r in rows:

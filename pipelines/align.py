@@ -1,4 +1,9 @@
-"""Retarget the driving skeleton to the source person's proportions and placement.
+"""Retarget the driving skeleton to the source person's size and placement.
+
+Default (``mode="ground"``): a uniform scaling of every driving frame about the point on the floor under the
+person (hip-centre x, ankle or bottom-edge y) by the source/driving stature ratio — the official
+``target_aligned_poses`` are exactly such per-frame similarities of ``target_poses``. The older per-bone mode
+(``mode="bones"``) is described below.
 
 The transform is computed once per request from a few reference frames and is a small JSON-serialisable dict, so
 window workers can apply it independently:
@@ -41,18 +46,56 @@ def _ref_frames(track: PoseTrack, n: int) -> np.ndarray:
     return good[:n] if len(good) else np.arange(min(n, len(track)))
 
 
+def _ground(body: np.ndarray, height: int) -> float:
+    """The floor line of one frame: the ankles when seen, else the bottom edge (feet cut by the frame)."""
+    ank = [j for j in (10, 13) if body[j, 2] > THR]
+    return float(body[ank, 1].max()) if ank else float(height - 1)
+
+
+def _centre_x(body: np.ndarray) -> float | None:
+    hips = [j for j in (8, 11) if body[j, 2] > THR]
+    if hips:
+        return float(body[hips, 0].mean())
+    vis = body[:, 2] > THR
+    return float(body[vis, 0].mean()) if vis.any() else None
+
+
+def _stature(body: np.ndarray, height: int) -> np.ndarray:
+    """Per frame: floor line minus neck height (px) — the standing size the alignment matches; 0 if unknown."""
+    out = np.zeros(len(body), np.float32)
+    for t, b in enumerate(body):
+        if b[1, 2] > THR:
+            out[t] = max(0.0, _ground(b, height) - b[1, 1])
+    return out
+
+
 def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_frames: int = 4,
                       source_masks: np.ndarray | None = None, driving_masks: np.ndarray | None = None,
-                      tolerance: float = 0.1, keep_x: bool = True) -> dict:
+                      tolerance: float = 0.1, keep_x: bool = True, mode: str | None = None) -> dict:
     """The alignment transform (JSON-serialisable dict) from the first ``ref_frames`` good frames of each track.
 
-    Both tracks must be in the same fitted frame size. Masks (optional, same frames as the reference frames of the
-    tracks, i.e. the first ones) give ``width_ratio``. When the size ratio is within ``tolerance`` of 1 the skeleton
-    is kept unchanged. ``keep_x`` keeps the driving person's horizontal placement (the official samples do) and
-    anchors only the vertical placement and scale to the source person.
+    Both tracks must be in the same fitted frame size. Modes (default: ``"silhouette"`` when masks are given, else
+    ``"ground"``):
+
+    * ``"silhouette"`` — the official rule, recovered from the fixtures (every official aligned frame is an exact
+      uniform scaling of the driving frame, residual < 1 px): per output frame, scale the driving skeleton so its
+      silhouette height matches the source's in that frame, about the driving silhouette's bottom-centre
+      (:func:`silhouette_similarity`; needs both masks per frame in :func:`apply_alignment`).
+    * ``"ground"`` — one reference scale, ``global_scale`` = source / driving stature (floor line − neck height),
+      about ``(hip-centre x, floor y)`` of every driving frame; for drivings without pixels (a pose track).
+    * ``"bones"`` — each bone length retargeted to the source's, anchored at the neck (older behaviour).
+
+    Masks (optional, same frames as the reference frames of the tracks) give ``width_ratio`` and the silhouette
+    fallback scale. In ``ground``/``bones`` mode, when the size ratio
+    is within ``tolerance`` of 1 the skeleton is kept unchanged (the official samples do the same).
     """
+    if mode is None:
+        mode = "silhouette" if source_masks is not None and driving_masks is not None else "ground"
+    if mode not in ("silhouette", "ground", "bones"):
+        raise ValueError(f"alignment mode must be 'silhouette', 'ground' or 'bones', not {mode!r}")
     if source_track.size != driving_track.size:
         driving_track = driving_track.rescaled(source_track.size)
+    H = int(source_track.size[0])
     si, di = _ref_frames(source_track, ref_frames), _ref_frames(driving_track, ref_frames)
     sb, db = source_track.body[si], driving_track.body[di]
     ts, td = _torso(sb), _torso(db)
@@ -61,13 +104,20 @@ def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_fra
     else:
         ss, ds = _lengths(sb, 2, 5), _lengths(db, 2, 5)
         g = float(np.median(ss) / np.median(ds)) if len(ss) and len(ds) and np.median(ds) > 1 else 1.0
+    if mode in ("ground", "silhouette"):
+        hs, hd = _stature(sb, H), _stature(db, H)
+        hs, hd = hs[hs > 1], hd[hd > 1]
+        if len(hs) and len(hd):
+            g = float(np.median(hs) / np.median(hd))
     g = float(np.clip(g, 0.2, 5.0))
     scales = {}
-    for a, b in TREE:
-        ls, ld = _lengths(sb, a, b), _lengths(db, a, b)
-        if len(ls) and len(ld) and np.median(ld) > 1:
-            s = float(np.median(ls) / np.median(ld))
-            scales[f"{a}-{b}"] = float(np.clip(s, g / 2.5, g * 2.5))
+    if mode == "bones":
+        for a, b in TREE:
+            ls, ld = _lengths(sb, a, b), _lengths(db, a, b)
+            if len(ls) and len(ld) and np.median(ld) > 1:
+                s = float(np.median(ls) / np.median(ld))
+                scales[f"{a}-{b}"] = float(np.clip(s, g / 2.5, g * 2.5))
+
     def anchor(body):
         ok = body[:, ROOT, 2] > THR
         return body[ok, ROOT, :2].mean(0).tolist() if ok.any() else None
@@ -81,9 +131,15 @@ def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_fra
         ws, wd = [w for w in ws if w], [w for w in wd if w]
         if ws and wd:
             width_ratio = float(np.clip(np.median(ws) / np.median(wd), 0.3, 3.0))
-    transform = {"version": 1, "size": list(source_track.size), "global_scale": g, "bone_scale": scales,
-                 "src_anchor": sa, "drv_anchor": da, "width_ratio": width_ratio, "keep_x": bool(keep_x)}
-    if abs(g - 1.0) < tolerance:
+    transform = {"version": 2, "mode": mode, "size": list(source_track.size), "global_scale": g,
+                 "bone_scale": scales, "src_anchor": sa, "drv_anchor": da, "width_ratio": width_ratio,
+                 "keep_x": bool(keep_x)}
+    if mode == "silhouette" and source_masks is not None and driving_masks is not None:
+        sims = [silhouette_similarity(a, b) for a, b in zip(source_masks[:ref_frames], driving_masks[:ref_frames])]
+        sims = [x[0] for x in sims if x is not None]
+        if sims:  # the fallback scale for frames without masks (e.g. a pose-track driving input)
+            g = float(np.median(sims))
+    if abs(g - 1.0) < tolerance and mode != "silhouette":
         # The people already match in size: keep the driving skeleton as is (the official samples do the same; a
         # dead band also avoids re-targeting on detection noise). The width ratio still shapes the target mask.
         transform.update({"global_scale": 1.0, "bone_scale": {}, "src_anchor": None, "drv_anchor": None,
@@ -91,13 +147,59 @@ def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_fra
     return transform
 
 
+def _silhouette_extent(mask: np.ndarray) -> tuple[int, int, float] | None:
+    """(top row, bottom row, bbox x-centre) of a person mask, or None if empty."""
+    fg = mask > 127
+    rows = np.nonzero(fg.any(1))[0]
+    if len(rows) == 0:
+        return None
+    cols = np.nonzero(fg.any(0))[0]
+    return int(rows[0]), int(rows[-1]), float(cols[0] + cols[-1]) / 2
+
+
+def silhouette_similarity(source_mask: np.ndarray, driving_mask: np.ndarray,
+                          max_scale: float = 3.0) -> tuple[float, float, float] | None:
+    """``(scale, fx, fy)`` matching the driving silhouette's height to the source's in one frame, scaling about the
+    driving silhouette's bottom-centre (``fx`` its bbox x-centre, ``fy`` its bottom row). With both people cut by
+    the bottom edge this is exactly the official per-frame rule: ``s = (H-1 - src_top) / (H-1 - drv_top)``."""
+    es, ed = _silhouette_extent(source_mask), _silhouette_extent(driving_mask)
+    if es is None or ed is None or ed[1] - ed[0] < 8 or es[1] - es[0] < 8:
+        return None
+    s = (es[1] - es[0]) / (ed[1] - ed[0])
+    return float(np.clip(s, 1 / max_scale, max_scale)), ed[2], float(ed[1])
+
+
+def frame_similarity(body: np.ndarray, transform: dict, source_mask: np.ndarray | None = None,
+                     driving_mask: np.ndarray | None = None) -> tuple[float, float, float] | None:
+    """``(scale, fx, fy)`` of the alignment of one driving frame (x' = fx + s (x - fx), same for y), or ``None``
+    when the frame stays as is. ``mode="silhouette"`` uses the two masks of the frame when given (else falls back
+    to the ground rule with the reference ``global_scale``)."""
+    mode = transform.get("mode", "bones")
+    if mode == "silhouette" and source_mask is not None and driving_mask is not None:
+        return silhouette_similarity(source_mask, driving_mask)
+    g = float(transform.get("global_scale", 1.0))
+    if mode not in ("ground", "silhouette"):
+        return None
+    if transform.get("identity") or abs(g - 1.0) < 1e-6:
+        return None
+    fx = _centre_x(body)
+    if fx is None:
+        return None
+    H = int((transform.get("size") or (512, 512))[0])
+    return g, fx, _ground(body, H)
+
+
 def identity_alignment(size=(512, 512)) -> dict:
     return {"version": 1, "size": list(size), "global_scale": 1.0, "bone_scale": {}, "src_anchor": None,
             "drv_anchor": None, "width_ratio": 1.0}
 
 
-def apply_alignment(track: PoseTrack, transform: dict) -> PoseTrack:
-    """Retarget every frame of ``track`` (the driving poses) with ``transform``; returns a new track."""
+def apply_alignment(track: PoseTrack, transform: dict, source_masks: np.ndarray | None = None,
+                    driving_masks: np.ndarray | None = None) -> PoseTrack:
+    """Retarget every frame of ``track`` (the driving poses) with ``transform``; returns a new track.
+
+    In ``"silhouette"`` mode, ``source_masks`` / ``driving_masks`` (F, H, W) of the same output frames give the
+    per-frame scale (:func:`silhouette_similarity`); without them the reference ``global_scale`` is used."""
     size = tuple(transform.get("size") or track.size)
     if tuple(track.size) != size:
         track = track.rescaled(size)
@@ -108,7 +210,19 @@ def apply_alignment(track: PoseTrack, transform: dict) -> PoseTrack:
     body_in, hands_in = track.body, track.hands
     body = body_in.copy()
     hands = hands_in.copy()
-    for t in range(len(track)):
+    similarity = transform.get("mode", "bones") in ("ground", "silhouette")
+    if similarity:
+        have_masks = source_masks is not None and driving_masks is not None
+        for t in range(len(track)):
+            sim = frame_similarity(body_in[t], transform, source_masks[t] if have_masks else None,
+                                   driving_masks[t] if have_masks else None)
+            if sim is None:
+                continue
+            s, fx, fy = sim
+            for arr in (body[t], hands[t]):
+                arr[..., 0] = fx + s * (arr[..., 0] - fx)
+                arr[..., 1] = fy + s * (arr[..., 1] - fy)
+    for t in range(0 if similarity else len(track)):
         src = body_in[t]
         dst = body[t]
         if src[ROOT, 2] > THR and sa is not None and da is not None:

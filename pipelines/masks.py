@@ -1,6 +1,8 @@
 """Person masks: the source person's silhouette (MediaPipe segmentation) and the "predicted" target mask.
 
-The official mask predictor is unreleased. We predict the source person's silhouette under the target pose by
+The official mask predictor is unreleased. Default (:func:`aligned_masks`): the driving person's mask moved by the
+same per-frame similarity as the aligned skeleton — the official predicted masks are the driving silhouette scaled
+about its bottom-centre to the source person's height. The older alternative (:func:`warp_mask`) predicts the source person's silhouette under the target pose by
 warping the *driving* person's mask through the skeleton alignment: every mask pixel follows the bone it is
 nearest to (per-bone similarity from the driving skeleton to the aligned skeleton), and its distance from that bone is
 scaled by the source/driving body-width ratio, so the mask takes the source person's build and placement.
@@ -148,3 +150,36 @@ def predicted_masks(driving_masks: np.ndarray, driving_body: np.ndarray, aligned
     return np.stack([warp_mask(m, db, ab, width_ratio, thr) for m, db, ab in
                      zip(driving_masks, driving_body, aligned_body)]) if len(driving_masks) else \
         np.zeros((0,) + driving_masks.shape[1:], np.uint8)
+
+
+def similarity_mask(mask: np.ndarray, scale: float, fx: float, fy: float, sx: float | None = None) -> np.ndarray:
+    """Scale a mask about ``(fx, fy)``: ``x' = fx + sx (x - fx)``, ``y' = fy + scale (y - fy)`` (``sx`` defaults to
+    ``scale``), bilinear then re-binarised, so edges stay smooth."""
+    import cv2
+
+    sx = scale if sx is None else float(sx)
+    m = np.array([[sx, 0.0, fx * (1 - sx)], [0.0, scale, fy * (1 - scale)]], np.float64)
+    h, w = mask.shape[:2]
+    out = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return np.where(out > 127, 255, 0).astype(np.uint8)
+
+
+def aligned_masks(driving_masks: np.ndarray, driving_body: np.ndarray, transform: dict,
+                  source_masks: np.ndarray | None = None, width_ratio: float | None = None) -> np.ndarray:
+    """The predicted target mask ("the source person's silhouette under the target pose"): every driving mask moved
+    by the same per-frame similarity as its skeleton (:func:`pipelines.align.frame_similarity`; with
+    ``source_masks`` of the same output frames in ``"silhouette"`` mode, the official per-frame rule).
+    ``width_ratio`` optionally widens/narrows the silhouette about the fixed point; by default the shape is scaled
+    uniformly (measured best against the official predicted masks: 0.83-0.86 IoU vs 0.51-0.85 for the plain
+    driving mask and 0.48-0.69 for the per-bone warp of :func:`warp_mask`)."""
+    from pipelines.align import frame_similarity
+
+    out = np.empty_like(driving_masks)
+    for t, (m, b) in enumerate(zip(driving_masks, driving_body)):
+        sim = frame_similarity(b, transform, None if source_masks is None else source_masks[t], m)
+        if sim is None:
+            out[t] = np.where(m > 127, 255, 0).astype(np.uint8)
+            continue
+        s, fx, fy = sim
+        out[t] = similarity_mask(m, s, fx, fy, None if width_ratio is None else s * float(width_ratio))
+    return out

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipelines.align import apply_alignment, compute_alignment, identity_alignment
 from pipelines.errors import InputError
-from pipelines.masks import binarize, predicted_masks, warp_mask
+from pipelines.masks import aligned_masks, binarize, predicted_masks, warp_mask
 from pipelines.media import VideoInfo, fit_frame, fit_frames, fit_geometry, iter_frames, probe_video, read_frames
 from pipelines.poses.base import PoseExtractor, get_extractor
 from pipelines.poses.keypoints import FLAG_MISSING, PoseTrack, read_pose_track, write_pose_track
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = ["VideoInfo", "InputError", "PoseTrack", "PoseExtractor", "probe_video", "read_frames", "iter_frames",
            "fit_frame", "fit_frames", "driving_index_map", "get_extractor", "extract_poses", "read_pose_track",
            "write_pose_track", "compute_alignment", "apply_alignment", "identity_alignment", "render_poses",
-           "person_masks", "predicted_masks", "reference_alignment", "prepare_window", "prepare"]
+           "person_masks", "predicted_masks", "aligned_masks", "reference_alignment", "prepare_window", "prepare"]
 
 POLICIES = ("trim", "loop", "hold")
 MIN_PERSON_FRACTION = 0.0  # frames may lack a person; a whole video without one is refused
@@ -184,10 +184,14 @@ def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driv
             out["driving_frames"] = d_frames
             out["driving_masks"] = d_masks
     ext.reset()
-    aligned = apply_alignment(d_track, transform)
     if d_masks is not None:
-        t_masks = predicted_masks(d_masks, d_track.body, aligned.body, float(transform.get("width_ratio", 1.0)))
+        aligned = apply_alignment(d_track, transform, s_masks, d_masks)
+        if transform.get("mode", "bones") in ("silhouette", "ground"):
+            t_masks = aligned_masks(d_masks, d_track.body, transform, s_masks)
+        else:
+            t_masks = predicted_masks(d_masks, d_track.body, aligned.body, float(transform.get("width_ratio", 1.0)))
     else:
+        aligned = apply_alignment(d_track, transform)
         # no driving pixels: carry the source silhouette from the source skeleton to the aligned target skeleton
         t_masks = np.stack([warp_mask(m, sb, ab) for m, sb, ab in zip(s_masks, s_track.body, aligned.body)])
     out.update({

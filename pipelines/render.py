@@ -28,6 +28,8 @@ HAND_LINE_WIDTH = 2
 HAND_POINT_RADIUS = 4
 LIMB_INTENSITY = 0.6
 SCORE_THRESHOLD = 0.3
+# joints whose disc colour equals the hand key-point colour (left knee): decoded only next to their own limb
+SHARED_COLOUR_JOINTS = (12,)
 
 
 def official_joint_colors() -> np.ndarray:
@@ -101,7 +103,8 @@ def decode_pose_image(img: np.ndarray, min_area: int = 12) -> np.ndarray:
 
     Returns (18, 3) [x, y, score] with score 1 for a found disc and 0 otherwise. Disc centres are the centroids of
     the exact-colour pixels (discs are drawn last, so mostly unoccluded). Joint 12 (left knee) shares its colour
-    with the hand key points; the most disc-shaped isolated blob is taken.
+    with the hand key points: only a blob touching a drawn leg limb is taken (a knee whose hip is not drawn is
+    not decoded), the most disc-shaped one.
     """
     import cv2
 
@@ -128,6 +131,8 @@ def decode_pose_image(img: np.ndarray, min_area: int = 12) -> np.ndarray:
                 y0, x0 = stats[k, cv2.CC_STAT_TOP], stats[k, cv2.CC_STAT_LEFT]
                 win = img[max(0, y0 - 3):y0 + bh + 3, max(0, x0 - 3):x0 + bw + 3].reshape(-1, 3)
                 if not any(np.all(win == c, axis=-1).any() for c in limb_cols[j]):
+                    if j in SHARED_COLOUR_JOINTS:
+                        continue  # a hand key point, not this joint: its disc always ends a drawn leg limb
                     cost += 100  # a disc always sits at the end of a drawn limb when that limb is visible
             if cost < best_cost:
                 best, best_cost = k, cost
