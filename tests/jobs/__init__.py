@@ -1,0 +1,1 @@
+"""Tests of jobs/ (submit, dataset) and infra/."""
