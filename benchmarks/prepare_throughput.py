@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import prepare as P  # noqa: E402
-from pipelines.masks import predicted_masks  # noqa: E402
+from pipelines.masks import aligned_masks  # noqa: E402
 
 
 def _shared() -> Path:
@@ -61,9 +61,9 @@ def main() -> int:
         t1 = time.perf_counter()
         s_track, s_masks = P.extract_poses(sf, s_info.fps, with_masks=True)
         d_track, d_masks = P.extract_poses(df, d_info.fps, with_masks=True)
-        aligned = P.apply_alignment(d_track, transform)
+        aligned = P.apply_alignment(d_track, transform, s_masks, d_masks)
         t2 = time.perf_counter()
-        pm = predicted_masks(d_masks, d_track.body, aligned.body, transform["width_ratio"])
+        pm = aligned_masks(d_masks, d_track.body, transform, s_masks)
         t3 = time.perf_counter()
         P.render_poses(s_track, 512)
         P.render_poses(aligned, 512)
