@@ -1,0 +1,143 @@
+"""`mf submit --follow` against a real Ray head started with `ray start --head` (dashboard on 127.0.0.1)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from jobs.submit import EXIT_AUTH, EXIT_UNREACHABLE, SubmitRequest, classify
+from pipelines.manifest import read_results, write_manifest
+from tests.jobs.media_helpers import TINY_EDIT, write_clip
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def _mf(*args: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=_env(**env), text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def test_unreachable_cluster_is_a_clear_error():
+    port = _free_port()  # nothing listens there
+    t0 = time.time()
+    r = _mf("submit", "x.parquet", "--out", "/tmp/x", "--address", f"http://127.0.0.1:{port}", "--follow",
+            timeout=60)
+    assert r.returncode == EXIT_UNREACHABLE, r.stderr
+    assert f"cannot reach the Ray cluster at http://127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr and time.time() - t0 < 30
+    r = _mf("jobs", "status", "raysubmit_x", "--address", f"127.0.0.1:{port}", timeout=60)
+    assert r.returncode == EXIT_UNREACHABLE and "cannot reach" in r.stderr
+    r = _mf("submit", "x.parquet", "--out", "/tmp/x", timeout=60, RAY_ADDRESS="", MF_RAY_ADDRESS="")
+    assert r.returncode == 2 and "no cluster address" in r.stderr
+
+
+def test_refused_token_is_a_clear_error():
+    from ray.exceptions import AuthenticationError
+
+    err = classify(AuthenticationError("Authentication failed: Forbidden: Invalid authentication token"),
+                   "http://head:8265")
+    assert err.exit_code == EXIT_AUTH and "refused" in str(err) and "RAY_AUTH_MODE" in str(err)
+
+
+def test_runtime_env_carries_the_project():
+    req = SubmitRequest("s3://b/req.parquet", "s3://b/out", ["--actors", "2"])
+    rt = req.runtime_env()
+    assert Path(rt["working_dir"]) == REPO and {".venv", ".git", "outputs"} <= set(rt["excludes"])
+    assert req.entrypoint().startswith("python -m jobs.cli retarget s3://b/req.parquet --out s3://b/out")
+    assert "--address auto" in req.entrypoint() and req.entrypoint().endswith("--actors 2")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """`ray start --head --block` from the venv, in its own process group, stopped by its id afterwards.
+
+    (``ray stop`` would kill every Ray on this shared machine; terminating our own ``--block`` process stops
+    exactly the cluster we started.)
+    """
+    gcs, dash = _free_port(), _free_port()
+    tmp = tempfile.mkdtemp(prefix="mfsub", dir="/tmp")
+    t0 = time.time()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", str(dash), "--num-cpus", "4", "--object-store-memory", str(512 * 1024 * 1024),
+         "--temp-dir", tmp, "--include-dashboard", "true", "--disable-usage-stats"],
+        env=_env(), stdout=open(os.path.join(tmp, "ray-start.log"), "w"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray start failed: {Path(tmp, 'ray-start.log').read_text()[-2000:]}")
+                time.sleep(1)
+        print(f"\nFIGURES ray start --head: {time.time() - t0:.1f}s")
+        yield address
+    finally:
+        t1 = time.time()
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        print(f"FIGURES ray head stopped in {time.time() - t1:.1f}s")
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_submit_follow_two_requests(tmp_path, fixture_cases, ray_head):
+    src = write_clip(fixture_cases, "s1", tmp_path / "s1.mp4")
+    src2 = write_clip(fixture_cases, "s2", tmp_path / "s2.mp4")
+    drv = write_clip(fixture_cases, "m1", tmp_path / "m1.mp4")
+    manifest = tmp_path / "requests.csv"
+    write_manifest([{"source": str(src), "driving": str(drv), **TINY_EDIT},
+                    {"source": str(src2), "driving": str(drv), **TINY_EDIT, "seed": 7}], str(manifest))
+    out = tmp_path / "out"
+    t0 = time.time()
+    r = _mf("submit", str(manifest), "--out", str(out), "--address", ray_head, "--follow", "--timeout", "400",
+            timeout=450)
+    wall = time.time() - t0
+    print(f"FIGURES mf submit --follow (2 requests): {wall:.1f}s, rc={r.returncode}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "submitted job raysubmit_" in r.stdout and "SUCCEEDED (exit 0)" in r.stdout
+    job_id = r.stdout.split("submitted job ", 1)[1].split()[0]
+    rows = read_results(str(out / "results.parquet"))
+    assert [row["status"] for row in rows] == ["succeeded", "succeeded"], rows
+    assert [row["manifest_row"] for row in rows] == [1, 2] and len({row["request_id"] for row in rows}) == 2
+    for row in rows:
+        assert Path(row["output_uri"]).is_file() and row["frames"] == 8 and row["width"] == TINY_EDIT["size"]
+
+    st = _mf("jobs", "status", job_id, "--address", ray_head, timeout=60)
+    assert st.returncode == 0 and "SUCCEEDED" in st.stdout
+    lg = _mf("jobs", "logs", job_id, "--address", ray_head, timeout=60)
+    assert lg.returncode == 0 and "retarget" in lg.stdout + lg.stderr
+    sp = _mf("jobs", "stop", job_id, "--address", ray_head, timeout=60)
+    assert sp.returncode == 0 and "already finished" in sp.stdout
+    missing = _mf("jobs", "status", "raysubmit_nope", "--address", ray_head, timeout=60)
+    assert missing.returncode == 1 and "raysubmit_nope" in missing.stderr
