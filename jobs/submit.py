@@ -30,6 +30,7 @@ EXIT_STOPPED = 3
 EXIT_UNREACHABLE = 69  # sysexits EX_UNAVAILABLE
 EXIT_AUTH = 77  # sysexits EX_NOPERM
 TOKEN_ENV = "MF_RAY_TOKEN"
+AGENT_WAIT_S = 90.0  # how long a fresh head may take to accept jobs
 
 
 class SubmitError(RuntimeError):
@@ -147,9 +148,20 @@ def submit(client, address: str, req: SubmitRequest) -> str:
     kwargs = {}
     if req.entrypoint_num_cpus is not None:
         kwargs["entrypoint_num_cpus"] = req.entrypoint_num_cpus
-    job_id = _call(client, address, client.submit_job, entrypoint=req.entrypoint(), runtime_env=req.runtime_env(),
-                   submission_id=req.submission_id, metadata={"app": "motionfollower-ray", "out": req.out},
-                   **kwargs)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=req.entrypoint(), runtime_env=req.runtime_env(),
+                                       submission_id=req.submission_id,
+                                       metadata={"app": "motionfollower-ray", "out": req.out}, **kwargs)
+            break
+        except Exception as exc:  # noqa: BLE001
+            # a head that just started has no job agent yet: Ray answers 500 "No available agent ... try again"
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                log.info("the cluster's job agent is not up yet; retrying")
+                time.sleep(2.0)
+                continue
+            raise classify(exc, address) from None
     log.info("submitted %s to %s: %s", job_id, address, req.entrypoint())
     return job_id
 
