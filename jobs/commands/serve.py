@@ -1,0 +1,57 @@
+"""``mf serve``: run the Ray Serve edit endpoint (see :mod:`jobs.serve` for the HTTP API)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+log = logging.getLogger("mf.serve")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve ad-hoc edits over HTTP (Ray Serve)",
+                       description="Starts (or joins, with --address) a Ray cluster and serves POST /v1/edits, "
+                                   "GET /v1/edits/{id}[/video], DELETE /v1/edits/{id}, /healthz and /metrics. "
+                                   "Tokens come from MF_SERVE_TOKENS; other settings default to MF_SERVE_* "
+                                   "environment variables.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--root", default=None, help="storage root URI for uploads and results (MF_SERVE_ROOT)")
+    p.add_argument("--weights", default=None, help="model weights (MF_SERVE_WEIGHTS); default: the tiny preset")
+    p.add_argument("--queue", type=int, default=None, help="edits queued or running at once (MF_SERVE_QUEUE)")
+    p.add_argument("--replicas", type=int, default=None, help="model replicas (MF_SERVE_REPLICAS)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, help="(MF_SERVE_GPUS)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from jobs.serve import ServeConfig, build_app
+
+    cfg = ServeConfig.from_env()
+    for attr, val in (("root", args.root), ("weights", args.weights), ("queue_size", args.queue),
+                      ("replicas", args.replicas), ("gpus_per_replica", args.gpus_per_replica)):
+        if val is not None:
+            setattr(cfg, attr, val)
+    app = build_app(cfg)
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, name="mf", route_prefix="/")
+    print(f"serving on http://{args.host}:{args.port} (storage {cfg.root}); Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0
