@@ -103,6 +103,12 @@ def test_kuberay_manifests(name: str, kind: str):
             module, _, attr = app["import_path"].partition(":")
             assert attr, f"{name}: import_path {app['import_path']!r} must be module:attribute"
             assert module == "jobs.serve" and _module_exists("jobs") and (REPO / "jobs").is_dir()
+            serve_py = REPO / "jobs" / "serve.py"
+            if serve_py.is_file():  # the Serve app exists: the deployments configured here are its deployments
+                text = serve_py.read_text()
+                assert re.search(rf"^{attr}\b|def __getattr__", text, re.M), f"jobs.serve has no {attr}"
+                for d in app.get("deployments", []):
+                    assert f'name="{d["name"]}"' in text, f"{name}: jobs.serve has no deployment {d['name']}"
         cluster = spec["rayClusterConfig"]
     assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
     gpu_groups = [g for g in cluster["workerGroupSpecs"]
