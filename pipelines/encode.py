@@ -96,6 +96,7 @@ class VideoWriter:
         fps: FpsLike,
         *,
         audio_from: Optional[str] = None,
+        audio_offset: float = 0.0,
         crf: int = 18,
         preset: str = "medium",
         codec: str = "libx264",
@@ -106,6 +107,7 @@ class VideoWriter:
         self.uri = str(uri)
         self.fps = to_fraction(fps)
         self.audio_from = audio_from
+        self.audio_offset = max(0.0, float(audio_offset))  # seconds into audio_from where the output starts
         self.crf = int(crf)
         self.preset = preset
         self.codec = codec
@@ -219,7 +221,10 @@ class VideoWriter:
             duration = float(Fraction(self.frames) / self.fps)
             out = os.path.join(self._tmpdir, "muxed.mp4")
             v = ffmpeg.input(self._video_tmp)
-            a = ffmpeg.input(src, t=f"{duration:.6f}")
+            a_kw: dict[str, Any] = {"t": f"{duration:.6f}"}
+            if self.audio_offset > 0:
+                a_kw["ss"] = f"{self.audio_offset:.6f}"
+            a = ffmpeg.input(src, **a_kw)
             kwargs: dict[str, Any] = {"c:v": "copy", "c:a": "copy" if copy else "aac", "movflags": "+faststart"}
             args = ffmpeg.compile(
                 ffmpeg.output(v["v:0"], a["a:0"], out, **kwargs).global_args("-loglevel", "error", "-nostdin")

@@ -3,19 +3,31 @@
 Stages (rows are windows, never frames or whole videos)::
 
     requests (driver) ─ skip finished ─▶ plan (flat_map, CPU): probe, length map, windows, alignment once per request
-        ─▶ prepare (actor pool, CPU): decode the window's frames only, poses, masks, renders → payload bytes
+        ─▶ prepare (fixed actor pool, CPU): decode the window's frames only, poses, masks, renders → payload bytes
         ─▶ edit (fixed actor pool holding the model, num_gpus per actor, batch_size=1): edit, write window frames
            atomically to ``<out>/windows/<request_id>/<window_id>.npz``, emit a small row
         ─▶ driver: collects small rows per request; when a request's windows are all in, a stitch task (CPU)
            blends them in frame order (crossfade) and streams frames into ffmpeg → result row
         ─▶ ``<out>/results.parquet`` (atomic)
 
-No groupby/shuffle in the streaming DAG. Failures never raise out of a stage: a bad request or window becomes a row
-with ``status="failed"`` and its ``error``; the request fails, the job goes on. Therefore Ray Data's fail-hard
-defaults are kept on purpose (``max_errored_blocks=0``: an exception escaping a stage is a bug and stops the run),
-application errors are not retried (``actor_task_retry_on_errors=False``: they are deterministic), while system
-failures are: a dead edit actor is restarted (``max_restarts``) and its window retried (``max_task_retries``),
-both bounded by ``RunConfig.max_retries``.
+The per-row stage functions (:func:`plan_rows`, :func:`prepare_row`, :func:`edit_row`, :func:`finish_request`) are
+plain functions shared with :func:`pipelines.single.edit_request`, which runs the same code in-process for one request
+(the Serve app); the Ray classes below only wrap them.
+
+Resources: :func:`fit_resources` sizes the stages from ``ray.cluster_resources()``. When the edit and prepare pools
+plus one plan and one stitch task do not fit in the cluster's CPUs (a laptop, this 2-core box), the actors get a
+fractional share and plan/stitch tasks a quarter CPU, so the pools can never starve the tasks that feed and drain
+them (the deadlock of a 2-CPU node with two 1-CPU actors).
+
+Failures never raise out of a stage: a bad request or window becomes a row with ``status="failed"`` and its
+``error``; the request fails, the job goes on. Ray Data's fail-hard defaults are kept on purpose
+(``max_errored_blocks=0``: an exception escaping a stage is a bug and stops the run; application errors are not
+retried, ``actor_task_retry_on_errors=False``: they are deterministic). System failures are retried: Ray Data's actor
+pool restarts a dead actor and resubmits its window (its defaults, ``max_restarts=-1, max_task_retries=-1``; the
+per-operator ``**ray_remote_args`` that could change them are deprecated in Ray 2.60). The bound is ours: the edit
+actor counts attempts per window and run in ``<window>.npz.attempts-<run_id>`` and fails the window (not the job)
+after ``1 + max_retries`` attempts. Keeping Ray's restarts unbounded also avoids the hang of a permanently dead
+actor in a fixed-size pool (ray#62746).
 
 Restart: a finished request has ``<out>/requests/<request_id>.json`` (written after its video is committed);
 re-running skips it (status ``skipped``). Finished windows (their ``.npz`` exists) are not edited again. IDs are
@@ -28,8 +40,10 @@ import importlib
 import io
 import json
 import logging
+import os
 import time
 import traceback
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,7 +56,7 @@ from pipelines import storage
 from pipelines.encode import VideoWriter, fraction_str, to_fraction
 from pipelines.manifest import Request, ResultRow, read_manifest, write_results
 from pipelines.metrics import PipelineMetrics
-from pipelines.stitch import iter_stitched, npz_window_reader, side_by_side, stitch_to_writer
+from pipelines.stitch import iter_stitched, side_by_side, stitch_to_writer
 from pipelines.windows import plan_windows, window_id
 
 log = logging.getLogger(__name__)
@@ -53,10 +67,12 @@ WINDOW_SCHEMA = pa.schema([
     ("source_indices", pa.string()), ("driving_indices", pa.string()), ("transform_json", pa.string()),
     ("info_json", pa.string()), ("window_uri", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("seconds_probe", pa.float64()), ("seconds_prepare", pa.float64()), ("seconds_edit", pa.float64()),
-    ("edit_seconds", pa.float64()), ("actor_busy_seconds", pa.float64()), ("gpu_memory_peak_bytes", pa.float64()),
+    ("seconds_write", pa.float64()), ("edit_seconds", pa.float64()), ("actor_busy_seconds", pa.float64()),
+    ("edit_started_at", pa.float64()), ("edit_ended_at", pa.float64()), ("gpu_memory_peak_bytes", pa.float64()),
     ("identity_json", pa.string()), ("payload", pa.large_binary()),
 ])
 PAYLOAD_KEYS = ("source_frames", "source_poses", "target_poses", "source_masks", "target_masks")
+PLAN_FAILED = -1  # window_index of the single row a failed plan emits
 
 
 @dataclass
@@ -76,8 +92,10 @@ class RunConfig:
     prepare_cpus: float = 1.0  # per prepare actor
     plan_cpus: float = 0.5  # per plan task (probe + reference alignment)
     stitch_cpus: float = 1.0  # per stitch task (ffmpeg runs inside)
-    max_retries: int = 2  # edit-actor restarts and window retries after a system failure
+    auto_resources: bool = True  # shrink the CPU fields above to fit the cluster (see fit_resources)
+    max_retries: int = 2  # extra attempts of a window whose edit actor died (system failures only)
     crossfade: bool = True
+    output_scale: str = "source"  # "source": edit upscaled to the source resolution; "model": model scale
     pose_backend: str = "mediapipe"
     fit_mode: str = "pad"
     compress_windows: bool = False
@@ -85,6 +103,8 @@ class RunConfig:
     encode_crf: int = 18
     prepare_module: str = "pipelines.prepare"  # a module with probe_video/driving_index_map/... (tests swap it)
     results_name: str = "results.parquet"
+    run_id: str = ""  # set per run by run_pipeline (scopes the attempt counters)
+    die_once_marker: Optional[str] = None  # tests only: the edit actor os._exit()s once, recorded in this local file
 
     @property
     def results_uri(self) -> str:
@@ -95,6 +115,33 @@ class RunConfig:
 
     def window_uri(self, request_id: str, wid: str) -> str:
         return storage.join(self.out, "windows", request_id, f"{wid}.npz")
+
+
+def fit_resources(cfg: RunConfig, cluster_cpus: float) -> RunConfig:
+    """CPU shares that fit the cluster: both actor pools plus one plan and one stitch task must fit at once.
+
+    On a big enough cluster ``cfg`` is returned unchanged. Otherwise plan and stitch tasks get
+    ``min(0.25, cpus / 8)`` CPU each and the actors share the rest equally (never more than asked). Raises
+    ``ValueError`` when the pools cannot fit at all (less than 0.05 CPU per actor).
+    """
+    if not cfg.auto_resources:
+        return cfg
+    n_actors = max(1, cfg.actors) + max(1, cfg.prepare_actors)
+    need = (max(1, cfg.actors) * cfg.cpus_per_actor + max(1, cfg.prepare_actors) * cfg.prepare_cpus
+            + cfg.plan_cpus + cfg.stitch_cpus)
+    if need <= cluster_cpus:
+        return cfg
+    task = round(min(0.25, cluster_cpus / 8), 3)
+    per = (cluster_cpus - 2 * task) / n_actors
+    if per < 0.05:
+        raise ValueError(f"a cluster with {cluster_cpus:g} CPUs cannot hold {cfg.actors} edit and "
+                         f"{cfg.prepare_actors} prepare actors; use fewer --actors/--prepare-actors")
+    per = float(np.floor(per * 1000) / 1000)
+    fitted = dataclasses.replace(cfg, plan_cpus=min(cfg.plan_cpus, task), stitch_cpus=min(cfg.stitch_cpus, task),
+                                 cpus_per_actor=min(cfg.cpus_per_actor, per), prepare_cpus=min(cfg.prepare_cpus, per))
+    log.info("cluster has %g CPUs: edit actors %g CPU, prepare actors %g CPU, plan/stitch tasks %g/%g CPU",
+             cluster_cpus, fitted.cpus_per_actor, fitted.prepare_cpus, fitted.plan_cpus, fitted.stitch_cpus)
+    return fitted
 
 
 def configure_data_context(cfg: RunConfig):
@@ -124,14 +171,22 @@ def _table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=WINDOW_SCHEMA)
 
 
+def request_of(row: dict[str, Any]) -> Request:
+    return Request(**json.loads(row["request_json"]))
+
+
 # ------------------------------------------------------------------------------------------------ plan
 
-def plan_request(item: dict[str, Any], cfg: RunConfig) -> list[dict[str, Any]]:
-    """Probe one request and plan its windows; a failure gives one failed row (window_index -1)."""
-    req = Request(**json.loads(item["request_json"]))
+def plan_rows(req: Request, cfg: RunConfig, prep: Any = None) -> list[dict[str, Any]]:
+    """Probe one request and plan its windows (one row each, ``status`` pending or skipped when its frames exist).
+
+    The alignment transform is computed once here and carried in every row. A failure gives one failed row with
+    ``window_index == PLAN_FAILED``.
+    """
+    request_json = json.dumps(req.to_dict())
     t0 = time.perf_counter()
     try:
-        prep = importlib.import_module(cfg.prepare_module)
+        prep = prep or importlib.import_module(cfg.prepare_module)
         s_info = prep.probe_video(req.source)
         track = None
         if req.driving.lower().endswith((".parquet", ".json")):
@@ -159,7 +214,7 @@ def plan_request(item: dict[str, Any], cfg: RunConfig) -> list[dict[str, Any]]:
                 "source_hw": [int(s_info.height), int(s_info.width)]}
     except Exception as exc:  # noqa: BLE001 - one bad request fails its own row
         log.info("plan failed for %s: %s", req.request_id, exc)
-        return [_window_row(request_id=req.request_id, request_json=item["request_json"], window_index=-1,
+        return [_window_row(request_id=req.request_id, request_json=request_json, window_index=PLAN_FAILED,
                             num_windows=0, status="failed", error=f"plan: {_err(exc)}",
                             seconds_probe=time.perf_counter() - t0)]
     secs = time.perf_counter() - t0
@@ -170,7 +225,7 @@ def plan_request(item: dict[str, Any], cfg: RunConfig) -> list[dict[str, Any]]:
         uri = cfg.window_uri(req.request_id, wid)
         done = storage.exists(uri)
         rows.append(_window_row(
-            request_id=req.request_id, request_json=item["request_json"], window_id=wid, window_index=w.index,
+            request_id=req.request_id, request_json=request_json, window_id=wid, window_index=w.index,
             num_windows=len(wins), start=w.start, end=w.end,
             source_indices=json.dumps(src_idx[w.start:w.end]), driving_indices=json.dumps(dmap[w.start:w.end]),
             transform_json=json.dumps(transform), info_json=json.dumps(info), window_uri=uri,
@@ -178,89 +233,133 @@ def plan_request(item: dict[str, Any], cfg: RunConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def plan_request(item: dict[str, Any], cfg: RunConfig) -> list[dict[str, Any]]:
+    """The Ray Data ``flat_map`` of the plan stage."""
+    return plan_rows(Request(**json.loads(item["request_json"])), cfg)
+
+
 # ------------------------------------------------------------------------------------------------ prepare
 
+def prepare_row(row: dict[str, Any], cfg: RunConfig, prep: Any) -> dict[str, Any]:
+    """Decode the window's frames only, poses, masks, renders → ``row["payload"]`` (npz bytes). Rows that are not
+    pending pass through."""
+    if row["status"] != "pending":
+        return row
+    req = request_of(row)
+    t0 = time.perf_counter()
+    try:
+        arrays = prep.prepare_window(
+            req.source, req.driving, json.loads(row["source_indices"]), json.loads(row["driving_indices"]),
+            json.loads(row["transform_json"]), req.size, cfg.fit_mode, cfg.pose_backend)
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(arrays[k]) for k in PAYLOAD_KEYS})
+        row.update(payload=buf.getvalue(), seconds_prepare=time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001
+        row.update(status="failed", error=f"prepare window {row['window_index']}: {_err(exc)}",
+                   seconds_prepare=time.perf_counter() - t0)
+    return row
+
+
 class PrepareStage:
-    """CPU actor: decode the window's frames, poses, masks and renders; pack them into ``payload``."""
+    """CPU actor of the prepare stage (wraps :func:`prepare_row`)."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.prep = importlib.import_module(cfg.prepare_module)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = []
-        for row in batch.to_pylist():
-            if row["status"] != "pending":
-                out.append(row)
-                continue
-            req = Request(**json.loads(row["request_json"]))
-            t0 = time.perf_counter()
-            try:
-                arrays = self.prep.prepare_window(
-                    req.source, req.driving, json.loads(row["source_indices"]), json.loads(row["driving_indices"]),
-                    json.loads(row["transform_json"]), req.size, self.cfg.fit_mode, self.cfg.pose_backend)
-                buf = io.BytesIO()
-                np.savez(buf, **{k: np.asarray(arrays[k]) for k in PAYLOAD_KEYS})
-                row.update(payload=buf.getvalue(), seconds_prepare=time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001
-                row.update(status="failed", error=f"prepare window {row['window_index']}: {_err(exc)}",
-                           seconds_prepare=time.perf_counter() - t0)
-            out.append(row)
-        return _table(out)
+        return _table([prepare_row(row, self.cfg, self.prep) for row in batch.to_pylist()])
 
 
 # ------------------------------------------------------------------------------------------------ edit
 
+def load_model(cfg: RunConfig):
+    import mf_model
+
+    return mf_model.load_model(cfg.weights, preset_name=cfg.preset, dtype=cfg.dtype, device=cfg.device)
+
+
+def edit_row(row: dict[str, Any], model: Any, identity: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """Edit one prepared window with ``model`` and write its frames atomically to ``row["window_uri"]``.
+
+    Consumes ``row["payload"]``; the returned row is small. Rows that are not pending pass through.
+    """
+    import mf_model
+
+    payload = row.get("payload")
+    row["payload"] = None
+    if row["status"] != "pending":
+        return row
+    t0 = time.perf_counter()
+    row["edit_started_at"] = time.time()
+    try:
+        req = request_of(row)
+        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        window = mf_model.EditWindow(
+            source_frames=arrays["source_frames"], source_poses=arrays["source_poses"],
+            target_poses=arrays["target_poses"], source_masks=arrays["source_masks"],
+            target_masks=arrays["target_masks"], frame_indices=list(range(row["start"], row["end"])),
+            name=f"{req.request_id}[{row['start']}:{row['end']}]")
+        opts = mf_model.EditOptions(steps=req.steps, cfg=req.cfg, camera=req.camera, seed=req.seed)
+        t1 = time.perf_counter()
+        result = model.edit(window, opts)
+        edit_s = time.perf_counter() - t1
+        extra = {}
+        if req.preview:
+            extra = {"source_frames": arrays["source_frames"], "target_poses": arrays["target_poses"]}
+        t2 = time.perf_counter()
+        storage.write_npz(row["window_uri"], compress=cfg.compress_windows, frames=result.frames,
+                          identity=np.array(json.dumps(identity, sort_keys=True)), **extra)
+        row.update(status="succeeded", edit_seconds=edit_s, seconds_write=time.perf_counter() - t2,
+                   gpu_memory_peak_bytes=_gpu_peak(), identity_json=json.dumps(identity, sort_keys=True))
+    except Exception as exc:  # noqa: BLE001
+        row.update(status="failed", error=f"edit window {row['window_index']}: {_err(exc)}")
+        log.debug("edit failed: %s", traceback.format_exc())
+    busy = time.perf_counter() - t0
+    row.update(seconds_edit=busy, actor_busy_seconds=busy, edit_ended_at=time.time())
+    return row
+
+
 class EditStage:
-    """The GPU actor: holds the model for its lifetime, edits one window per call, writes its frames."""
+    """The GPU actor: holds the model for its lifetime, edits one window per call (wraps :func:`edit_row`), and
+    bounds the attempts of a window whose actor died (see the module docstring)."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        import mf_model
-
         self.cfg = cfg
         t0 = time.perf_counter()
-        self.model = mf_model.load_model(cfg.weights, preset_name=cfg.preset, dtype=cfg.dtype, device=cfg.device)
+        self.model = load_model(cfg)
         self.identity = self.model.identity()
         log.info("edit actor loaded %s in %.1fs", self.identity, time.perf_counter() - t0)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import mf_model
-
         out = []
         for row in batch.to_pylist():
-            payload = row.pop("payload", None)
-            row["payload"] = None
-            if row["status"] != "pending":
-                out.append(row)
-                continue
-            t0 = time.perf_counter()
-            try:
-                req = Request(**json.loads(row["request_json"]))
-                with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-                window = mf_model.EditWindow(
-                    source_frames=arrays["source_frames"], source_poses=arrays["source_poses"],
-                    target_poses=arrays["target_poses"], source_masks=arrays["source_masks"],
-                    target_masks=arrays["target_masks"], frame_indices=list(range(row["start"], row["end"])),
-                    name=f"{req.request_id}[{row['start']}:{row['end']}]")
-                opts = mf_model.EditOptions(steps=req.steps, cfg=req.cfg, camera=req.camera, seed=req.seed)
-                t1 = time.perf_counter()
-                result = self.model.edit(window, opts)
-                edit_s = time.perf_counter() - t1
-                extra = {}
-                if req.preview:
-                    extra = {"source_frames": arrays["source_frames"], "target_poses": arrays["target_poses"]}
-                storage.write_npz(row["window_uri"], compress=self.cfg.compress_windows, frames=result.frames,
-                                  **extra)
-                row.update(status="succeeded", edit_seconds=edit_s, gpu_memory_peak_bytes=_gpu_peak(),
-                           identity_json=json.dumps(self.identity))
-            except Exception as exc:  # noqa: BLE001
-                row.update(status="failed", error=f"edit window {row['window_index']}: {_err(exc)}")
-                log.debug("edit failed: %s", traceback.format_exc())
-            busy = time.perf_counter() - t0
-            row.update(seconds_edit=busy, actor_busy_seconds=busy)
+            if row["status"] == "pending":
+                counter = f"{row['window_uri']}.attempts-{self.cfg.run_id}"
+                attempts = int(storage.read_bytes(counter)) if storage.exists(counter) else 0
+                if attempts > self.cfg.max_retries:
+                    row.update(payload=None, status="failed",
+                               error=f"edit window {row['window_index']}: the edit actor died {attempts} times on "
+                                     f"this window (max_retries={self.cfg.max_retries})")
+                    out.append(row)
+                    continue
+                storage.atomic_write_text(counter, str(attempts + 1))
+                self._maybe_die()
+                row = edit_row(row, self.model, self.identity, self.cfg)
+                storage.remove(counter)
+            else:
+                row["payload"] = None
             out.append(row)
         return _table(out)
+
+    def _maybe_die(self) -> None:
+        marker = self.cfg.die_once_marker
+        if marker and not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            log.warning("test hook: edit actor %d exits", os.getpid())
+            os._exit(1)
 
 
 def _gpu_peak() -> float:
@@ -274,36 +373,65 @@ def _gpu_peak() -> float:
 
 # ------------------------------------------------------------------------------------------------ stitch
 
-def stitch_request(rows: list[dict[str, Any]], cfg: RunConfig, identity: dict[str, Any]) -> dict[str, Any]:
-    """Blend a request's windows in order into its video (+ preview); commit; write the done marker."""
-    rows = sorted(rows, key=lambda r: r["window_index"])
-    edited = [json.loads(r["identity_json"]) for r in rows if r.get("identity_json")]
-    if edited:
-        identity = edited[0]
-    req = Request(**json.loads(rows[0]["request_json"]))
-    info = json.loads(rows[0]["info_json"])
-    t0 = time.perf_counter()
-    wins = [(r["start"], r["end"]) for r in rows]
-    uris = [r["window_uri"] for r in rows]
+def _output_geometry(info: dict[str, Any], size: int, output_scale: str):
+    """(crop box in the model frame, output (h, w)): the letterbox removed; at source or model scale."""
     geo = info["geometry"]
     sh, sw = info["source_hw"]
     s = geo["scale"]
     nh, nw = max(1, round(sh * s)), max(1, round(sw * s))
     y0, x0 = max(0, geo["oy"]), max(0, geo["ox"])
-    y1, x1 = min(req.size, y0 + nh), min(req.size, x0 + nw)
+    y1, x1 = min(size, geo["oy"] + nh), min(size, geo["ox"] + nw)
+    if output_scale == "model":
+        return (y0, y1, x0, x1), (y1 - y0, x1 - x0)
+    # the part of the source the model saw, in source pixels (all of it in "pad" mode)
+    oh = sh if (y0, y1) == (geo["oy"], geo["oy"] + nh) else max(1, round((y1 - y0) / s))
+    ow = sw if (x0, x1) == (geo["ox"], geo["ox"] + nw) else max(1, round((x1 - x0) / s))
+    return (y0, y1, x0, x1), (oh, ow)
 
-    def crop(frame: np.ndarray) -> np.ndarray:  # undo the letterbox: the source's aspect at model scale
-        return frame[y0:y1, x0:x1]
 
-    audio = req.source if info["has_audio"] and req.frame_start == 0 and not req.fps else None
+def _identity_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    for r in rows:
+        if r.get("identity_json"):
+            return json.loads(r["identity_json"])
+    z = storage.read_npz(rows[0]["window_uri"])  # all windows came from an earlier run: their files know
+    return json.loads(str(z["identity"])) if "identity" in z else {}
+
+
+def stitch_request(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    """Blend a request's windows in order into its video (+ preview); commit; write the done marker."""
+    from PIL import Image
+
+    rows = sorted(rows, key=lambda r: r["window_index"])
+    identity = _identity_of(rows)
+    req = request_of(rows[0])
+    info = json.loads(rows[0]["info_json"])
+    t0 = time.perf_counter()
+    wins = [(r["start"], r["end"]) for r in rows]
+    uris = [r["window_uri"] for r in rows]
+    (y0, y1, x0, x1), (oh, ow) = _output_geometry(info, req.size, cfg.output_scale)
+
+    def to_output(frame: np.ndarray) -> np.ndarray:
+        frame = frame[y0:y1, x0:x1]
+        if frame.shape[:2] != (oh, ow):
+            frame = np.asarray(Image.fromarray(frame).resize((ow, oh), Image.LANCZOS))
+        return frame
+
+    def read_window(w):
+        return storage.read_npz(uris[w.index])["frames"]
+
+    # audio: the source's track from the first edited frame, unless the frame rate was changed (re-timed frames)
+    audio, offset = None, 0.0
+    if info["has_audio"] and (not req.fps or to_fraction(req.fps) == to_fraction(info["source_fps"])):
+        audio, offset = req.source, req.frame_start / float(info["source_fps"])
     kw = dict(preset=cfg.encode_preset, crf=cfg.encode_crf)
-    with VideoWriter(req.output, info["fps"], audio_from=audio, **kw) as writer:
-        stats = stitch_to_writer(wins, lambda w: np.stack([crop(f) for f in npz_window_reader(uris)(w)]), writer,
-                                 crossfade=cfg.crossfade)
+    with VideoWriter(req.output, info["fps"], audio_from=audio, audio_offset=offset, **kw) as writer:
+        stats = stitch_to_writer(wins, read_window, writer, crossfade=cfg.crossfade,
+                                 transform=to_output)
     if req.preview and req.preview_output:
         def read_preview(w):
             z = storage.read_npz(uris[w.index])
-            return np.stack([side_by_side(crop(a), crop(b), crop(c))
+            crop = (slice(y0, y1), slice(x0, x1))
+            return np.stack([side_by_side(a[crop], b[crop], c[crop])
                              for a, b, c in zip(z["source_frames"], z["target_poses"], z["frames"])])
 
         with VideoWriter(req.preview_output, info["fps"], **kw) as pw:
@@ -323,29 +451,27 @@ def stitch_request(rows: list[dict[str, Any]], cfg: RunConfig, identity: dict[st
     return row
 
 
-# ------------------------------------------------------------------------------------------------ driver
+def finish_request(rows: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    """The result row of a request whose window rows are all in: failed (first failed window's error) or stitched.
 
-@dataclass
-class RunSummary:
-    counts: dict[str, int] = field(default_factory=dict)
-    frames: int = 0
-    windows: dict[str, int] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    edit_busy_seconds: float = 0.0
-    actors: int = 1
-    results_uri: str = ""
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    @property
-    def edit_busy_share(self) -> float:
-        denom = self.actors * self.wall_seconds
-        return self.edit_busy_seconds / denom if denom > 0 else 0.0
+    A failed plan (one row with ``window_index == PLAN_FAILED``) gives its failed row."""
+    req = request_of(rows[0])
+    if rows[0]["window_index"] == PLAN_FAILED:
+        return ResultRow.for_request(req, "failed", error=rows[0]["error"],
+                                     seconds_probe=rows[0]["seconds_probe"]).to_dict()
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        first = min(failed, key=lambda r: r["window_index"])
+        return ResultRow.for_request(req, "failed", error=first["error"], windows=len(rows)).to_dict()
+    try:
+        return stitch_request(rows, cfg)
+    except Exception as exc:  # noqa: BLE001
+        log.info("stitch failed for %s: %s", req.request_id, exc)
+        return ResultRow.for_request(req, "failed", error=f"stitch: {_err(exc)}", windows=len(rows)).to_dict()
 
 
-def _skipped_row(req: Request, cfg: RunConfig) -> Optional[dict[str, Any]]:
+def skipped_row(req: Request, cfg: RunConfig) -> Optional[dict[str, Any]]:
+    """The result row of a request an earlier run finished (status ``skipped``), or None."""
     marker = cfg.marker_uri(req.request_id)
     if not (storage.exists(marker) and storage.exists(req.output)):
         return None
@@ -355,28 +481,72 @@ def _skipped_row(req: Request, cfg: RunConfig) -> Optional[dict[str, Any]]:
     return row
 
 
+# ------------------------------------------------------------------------------------------------ driver
+
+@dataclass
+class RunSummary:
+    counts: dict[str, int] = field(default_factory=dict)
+    frames: int = 0
+    windows: dict[str, int] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    edit_busy_seconds: float = 0.0  # inside the edit actors (load, model, write)
+    model_seconds: float = 0.0  # inside model.edit
+    first_window_seconds: Optional[float] = None  # run start → first window edited
+    edit_span_seconds: float = 0.0  # first edit started → last edit ended
+    actors: int = 1
+    results_uri: str = ""
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def edit_busy_share(self) -> float:
+        """Share of the run (from the first edit on) the edit actors were busy."""
+        denom = self.actors * self.edit_span_seconds
+        return self.edit_busy_seconds / denom if denom > 0 else 0.0
+
+    @property
+    def model_share(self) -> float:
+        """Share of the whole wall time the edit actors spent inside the model."""
+        denom = self.actors * self.wall_seconds
+        return self.model_seconds / denom if denom > 0 else 0.0
+
+
 def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None,
                  progress: Optional[Callable[[str, int, int], None]] = None) -> RunSummary:
     """Run a manifest end to end on the current Ray cluster (the caller initialises Ray)."""
     import ray
     import ray.data
 
+    if storage.protocol_of(cfg.out) == "memory":
+        raise ValueError("memory:// is private to one process and Ray stages run in others: use a shared "
+                         "filesystem (local path, s3://, gs://) for --out, or pipelines.single.edit_request")
+    cfg = fit_resources(cfg, float(ray.cluster_resources().get("CPU", 1.0)))
+    cfg = dataclasses.replace(cfg, run_id=cfg.run_id or uuid.uuid4().hex[:12])
     metrics = metrics or PipelineMetrics()
     metrics.start_run()
     t_start = time.perf_counter()
+    wall_start = time.time()
     man = read_manifest(cfg.manifest, cfg.out)
     results: list[dict[str, Any]] = [ResultRow.for_invalid(b).to_dict() for b in man.invalid]
     todo: list[Request] = []
     for req in man.requests:
-        skipped = _skipped_row(req, cfg)
+        skipped = skipped_row(req, cfg)
         if skipped is not None:
             results.append(skipped)
         else:
             todo.append(req)
     for r in results:
         metrics.record_result_row(r)
-    summary = RunSummary(actors=cfg.actors, results_uri=cfg.results_uri)
+    summary = RunSummary(actors=cfg.actors, results_uri=cfg.results_uri,
+                         resources={"edit_actor_cpus": cfg.cpus_per_actor, "prepare_actor_cpus": cfg.prepare_cpus,
+                                    "plan_cpus": cfg.plan_cpus, "stitch_cpus": cfg.stitch_cpus,
+                                    "gpus_per_actor": cfg.gpus_per_actor})
     window_counts: Counter = Counter()
+    edit_starts: list[float] = []
+    edit_ends: list[float] = []
     if todo:
         configure_data_context(cfg)
         items = [{"request_json": json.dumps(r.to_dict())} for r in todo]
@@ -385,18 +555,21 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None,
         ds = ds.map_batches(PrepareStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=max(1, cfg.prepare_actors)),
                             num_cpus=cfg.prepare_cpus)
-        ds = ds.map_batches(
-            EditStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)), num_gpus=cfg.gpus_per_actor or None,
-            num_cpus=cfg.cpus_per_actor,
-            # bounded recovery from actor death (Ray Data's default is unbounded)
-            max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
-        identity = _identity(cfg)
-        stitch_remote = ray.remote(num_cpus=cfg.stitch_cpus, max_retries=cfg.max_retries)(stitch_request)
+        ds = ds.map_batches(EditStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)),
+                            num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor)
+        finish_remote = ray.remote(num_cpus=cfg.stitch_cpus, max_retries=cfg.max_retries)(finish_request)
         pending: dict[str, list[dict]] = defaultdict(list)
         futures: dict[Any, Request] = {}
         by_id = {r.request_id: r for r in todo}
-        total_windows = 0
+        windows_known = windows_done = 0
+
+        def add_result(row: dict[str, Any]) -> None:
+            row["seconds_total"] = time.perf_counter() - t_start
+            results.append(row)
+            metrics.record_result_row(row)
+            if progress:
+                progress("request", len(results), len(man))
 
         def collect(block: bool) -> None:
             if not futures:
@@ -407,46 +580,41 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None,
                 req = futures.pop(f)
                 try:
                     row = ray.get(f)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - the stitch task itself died (retries exhausted)
                     row = ResultRow.for_request(req, "failed", error=f"stitch: {_err(exc)}").to_dict()
-                row["seconds_total"] = time.perf_counter() - t_start
-                results.append(row)
-                metrics.record_result_row(row)
-                if progress:
-                    progress("request", len(results), len(man))
+                add_result(row)
 
         for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
             for row in batch.to_pylist():
                 row.pop("payload", None)
                 rid = row["request_id"]
-                if row["window_index"] == -1:  # the plan failed
-                    results.append(ResultRow.for_request(by_id[rid], "failed", error=row["error"],
-                                                         seconds_probe=row["seconds_probe"]).to_dict())
-                    metrics.record_result_row(results[-1])
+                if row["window_index"] == PLAN_FAILED:
+                    add_result(finish_request([row], cfg))
                     continue
+                if not pending[rid]:
+                    windows_known += row["num_windows"]
+                windows_done += 1
                 metrics.record_window_row(row)
+                metrics.add_busy(row.get("seconds_prepare"), "prepare")
+                metrics.set_queue_depth(windows_known - windows_done)
                 window_counts[row["status"]] += 1
                 summary.edit_busy_seconds += row["actor_busy_seconds"] or 0.0
-                total_windows += 1
+                summary.model_seconds += row["edit_seconds"] or 0.0
+                if row.get("edit_started_at"):
+                    edit_starts.append(row["edit_started_at"])
+                    edit_ends.append(row["edit_ended_at"])
                 if progress:
-                    progress("window", total_windows, 0)
+                    progress("window", windows_done, windows_known)
                 pending[rid].append(row)
                 if len(pending[rid]) == row["num_windows"]:
-                    rows = pending.pop(rid)
-                    failed = [r for r in rows if r["status"] == "failed"]
-                    if failed:
-                        first = min(failed, key=lambda r: r["window_index"])
-                        results.append(ResultRow.for_request(by_id[rid], "failed", error=first["error"],
-                                                             windows=len(rows)).to_dict())
-                        metrics.record_result_row(results[-1])
-                    else:
-                        futures[stitch_remote.remote(rows, cfg, identity)] = by_id[rid]
+                    futures[finish_remote.remote(pending.pop(rid), cfg)] = by_id[rid]
             collect(block=False)
         collect(block=True)
+        metrics.set_queue_depth(0)
         for rid, rows in pending.items():  # cannot happen unless rows were lost
-            results.append(ResultRow.for_request(by_id[rid], "failed",
-                                                 error=f"only {len(rows)} of {rows[0]['num_windows']} windows "
-                                                       "came back").to_dict())
+            add_result(ResultRow.for_request(by_id[rid], "failed",
+                                             error=f"only {len(rows)} of {rows[0]['num_windows']} windows "
+                                                   "came back").to_dict())
     order = {r.request_id: r.row for r in man.requests}
     order.update({b.request_id: b.row for b in man.invalid})
     results.sort(key=lambda r: order.get(r["request_id"], 0))
@@ -455,9 +623,7 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None,
     summary.counts = dict(Counter(r["status"] for r in results))
     summary.frames = sum(r.get("frames") or 0 for r in results if r["status"] == "succeeded")
     summary.windows = dict(window_counts)
+    if edit_starts:
+        summary.first_window_seconds = min(edit_ends) - wall_start
+        summary.edit_span_seconds = max(edit_ends) - min(edit_starts)
     return summary
-
-
-def _identity(cfg: RunConfig) -> dict[str, Any]:
-    """Model identity without loading weights on the driver where possible."""
-    return {"model": cfg.preset if cfg.weights is None else "sd15", "weights_id": cfg.weights or f"random:{cfg.preset}"}

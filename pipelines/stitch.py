@@ -195,17 +195,22 @@ def stitch_to_writer(
     *,
     crossfade: bool = True,
     on_frame: Optional[Callable[[int, np.ndarray], None]] = None,
+    transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> StitchStats:
     """Stitch into ``writer`` (anything with ``write(frame)``, e.g. :class:`pipelines.encode.VideoWriter`).
 
-    ``on_frame(index, frame)`` sees every output frame (e.g. to feed a preview writer). The writer is not closed.
+    ``transform(frame)`` maps each stitched frame before it is written (e.g. letterbox removal and upscaling to the
+    source resolution); the seam score is measured on the stitched frames before it. ``on_frame(index, frame)``
+    sees every output frame (e.g. to feed a preview writer). The writer is not closed.
     """
     wins = as_windows(windows)
     meter = SeamMeter(wins)
     n = 0
     for g, frame in iter_stitched(wins, read_window, crossfade=crossfade):
-        writer.write(frame)
         meter.update(g, frame)
+        if transform is not None:
+            frame = transform(frame)
+        writer.write(frame)
         if on_frame is not None:
             on_frame(g, frame)
         n += 1

@@ -47,7 +47,16 @@ def run(args) -> int:
     if args.address:
         argv += ["--address", args.address]
     rc = retarget.run(build_parser().parse_args(argv))
-    print(f"outputs:  {os.path.join(args.out, 'videos')}")
-    print(f"previews: {os.path.join(args.out, 'previews')}")
-    print(f"manifest: {os.path.join(args.out, 'results.parquet')}")
+    from pipelines.manifest import read_results
+
+    manifest = os.path.join(args.out, "results.parquet")
+    for row in read_results(manifest):
+        if row["status"] == "failed":
+            print(f"failed:   {row['request_id']}: {row['error']}")
+            continue
+        print(f"output:   {row['output_uri']} ({row['frames']} frames, {row['width']}x{row['height']}, "
+              f"{row['fps_rational']} fps)")
+        if row.get("preview_uri"):
+            print(f"preview:  {row['preview_uri']} (source | target pose | edit)")
+    print(f"manifest: {manifest}")
     return rc

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 
@@ -23,7 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GPUs per edit actor (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--actors", type=int, default=1, help="edit actors (fixed pool size)")
     p.add_argument("--prepare-actors", type=int, default=1, help="CPU actors preparing windows")
-    p.add_argument("--max-retries", type=int, default=2, help="restarts of a dead edit actor / window retries")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs per edit actor (default 1, shrunk to fit small clusters)")
+    p.add_argument("--prepare-cpus", type=float, default=None,
+                   help="CPUs per prepare actor (default 1, shrunk to fit small clusters)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray started here (default: all)")
+    p.add_argument("--max-retries", type=int, default=2,
+                   help="extra attempts of a window whose edit actor died (default 2)")
+    p.add_argument("--output-scale", choices=("source", "model"), default="source",
+                   help="output video at the source resolution (default; the edit is upscaled) or at model scale")
     p.add_argument("--no-crossfade", action="store_true", help="hard cut at overlap midpoints (for comparisons)")
     p.add_argument("--pose-backend", default="mediapipe")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
@@ -43,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             ray.init(address=args.address, log_to_driver=False)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     gpus = float(ray.cluster_resources().get("GPU", 0))
     gpus_per_actor = args.gpus_per_actor if args.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     device = "cuda" if gpus_per_actor > 0 else "cpu"
@@ -51,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = RunConfig(manifest=args.manifest, out=args.out, weights=args.weights, preset=args.preset, dtype=dtype,
                     device=device, actors=args.actors, gpus_per_actor=gpus_per_actor,
                     prepare_actors=args.prepare_actors, max_retries=args.max_retries,
-                    crossfade=not args.no_crossfade, pose_backend=args.pose_backend)
+                    crossfade=not args.no_crossfade, pose_backend=args.pose_backend, output_scale=args.output_scale)
+    if args.cpus_per_actor is not None:
+        cfg = dataclasses.replace(cfg, cpus_per_actor=args.cpus_per_actor)
+    if args.prepare_cpus is not None:
+        cfg = dataclasses.replace(cfg, prepare_cpus=args.prepare_cpus)
+    if os.environ.get("MF_TEST_DIE_ONCE"):  # tests only: an edit actor exits once (see RunConfig.die_once_marker)
+        cfg = dataclasses.replace(cfg, die_once_marker=os.environ["MF_TEST_DIE_ONCE"])
     metrics = PipelineMetrics()
     if args.metrics_port is not None:
         start_metrics_server(args.metrics_port, metrics)
@@ -75,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "no requests"
-    log.info("retarget: %s | %d frames in %.1fs (%.2f frames/s) | windows %s | edit busy %.0f%% | %s",
-                counts, summary.frames, summary.wall_seconds, summary.frames_per_second, summary.windows,
-                100 * summary.edit_busy_share, summary.results_uri)
+    first = "-" if summary.first_window_seconds is None else f"{summary.first_window_seconds:.1f}s"
+    print(f"retarget: requests {counts} | {summary.frames} frames in {summary.wall_seconds:.1f}s "
+          f"({summary.frames_per_second:.2f} frames/s) | windows {summary.windows or {}} | first window {first} | "
+          f"edit busy {100 * summary.edit_busy_share:.0f}% | results {summary.results_uri}", flush=True)
     return 0 if summary.counts.get("failed", 0) == 0 else 2
