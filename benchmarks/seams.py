@@ -6,6 +6,12 @@ and the windows are stitched with a crossfade and with a hard cut. ``seam_score`
 boundaries move no more than the content inside windows.
 
     python benchmarks/seams.py [--frames 240] [--size 128] [--window 24] [--overlap 8] [--strength 12]
+
+``--pipeline-out DIR`` measures real pipeline output instead: for every finished request of ``DIR/results.parquet``
+its edited windows (``DIR/windows/<request_id>/<window_id>.npz``) are re-stitched with the crossfade and with the
+hard cut, at model scale, and scored the same way.
+
+    python benchmarks/seams.py --pipeline-out mf_out/demo
 """
 from __future__ import annotations
 
@@ -53,6 +59,42 @@ def perturbed_reader(video: np.ndarray, strength: float, seed: int):
     return read
 
 
+def pipeline_output_seams(out: str) -> int:
+    """Seam scores of a pipeline run's requests, crossfade on and off."""
+    import json
+
+    from pipelines import storage
+    from pipelines.manifest import read_results
+    from pipelines.windows import window_id
+
+    rows = [r for r in read_results(storage.join(out, "results.parquet")) if r["status"] in ("succeeded", "skipped")]
+    if not rows:
+        print(f"seams: no finished request in {out}")
+        return 1
+    for r in rows:
+        params = json.loads(r["params_json"])
+        params.pop("preview", None)
+        wins = plan_windows(int(r["frames"]), int(params["window"]), int(params["overlap"]))
+        uris = [storage.join(out, "windows", r["request_id"], f"{window_id(r['request_id'], r['source'], w, params)}.npz")
+                for w in wins]
+        missing = [u for u in uris if not storage.exists(u)]
+        if missing:
+            print(f"seams: {r['request_id']}: {len(missing)} window files missing (e.g. {missing[0]})")
+            continue
+
+        def read(w, uris=uris):
+            return storage.read_npz(uris[w.index])["frames"]
+
+        scores = {}
+        for label, crossfade in (("hard cut", False), ("crossfade", True)):
+            frames = np.stack([f for _, f in iter_stitched(wins, read, crossfade=crossfade)])
+            scores[label] = seam_score(frames, wins)
+        fmt = {k: ("n/a" if v is None else f"{v:.3f}") for k, v in scores.items()}
+        print(f"seams {r['request_id']}: {r['frames']} frames, {len(wins)} windows of {params['window']} "
+              f"(overlap {params['overlap']}): seam_score crossfade {fmt['crossfade']}, hard cut {fmt['hard cut']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=240)
@@ -61,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=int, default=8)
     ap.add_argument("--strength", type=float, default=12.0, help="std of the per-window colour offset (0..255)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pipeline-out", default=None, help="a pipeline output root: score its edited windows")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.pipeline_out:
+        return pipeline_output_seams(args.pipeline_out)
 
     video = synthetic_video(args.frames, args.size)
     wins = plan_windows(args.frames, args.window, args.overlap)

@@ -1,0 +1,219 @@
+"""The ``mf retarget`` pipeline end to end: real Ray (the session ``ray_local``), ffmpeg, Parquet and MediaPipe.
+
+Inputs: a 12-frame 96x96 video made from the official fixture frames (a real person), with an audio track and the
+exact NTSC rate 30000/1001, driven by the demo's waving pose track; plus a corrupt file, a missing file and a
+person-free video. Every request edits 2 windows (window 8, overlap 4) with 2 steps of the tiny model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import storage
+from pipelines.manifest import read_manifest, read_results, write_manifest
+from pipelines.metrics import PipelineMetrics, start_metrics_server
+from pipelines.ray_pipeline import RunConfig, run_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+FPS = "30000/1001"
+FRAMES = 12
+PARAMS = {"steps": 2, "size": 96, "window": 8, "overlap": 4, "seed": 7}
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _encode(frames: np.ndarray, path: Path, audio: bool = False) -> None:
+    n, h, w, _ = frames.shape
+    cmd = ["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+           "-r", FPS, "-i", "-"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", "-shortest"]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, input=frames.tobytes(), check=True)
+
+
+def _ffprobe(path: str) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                          "stream=codec_type,nb_read_frames,r_frame_rate,width,height", "-of", "json", path],
+                         capture_output=True, check=True, text=True).stdout
+    return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
+
+
+def _windows(out: Path) -> dict[str, Path]:
+    return {p.name: p for p in (out / "windows").rglob("*.npz")}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, fixture_cases):
+    from PIL import Image
+
+    from pipelines.demo import waving_track
+    from pipelines.poses.keypoints import write_pose_track
+
+    d = tmp_path_factory.mktemp("inputs")
+    folder = fixture_cases / "case-1" / "source_images"
+    names = sorted(os.listdir(folder), key=lambda n: int("".join(c for c in n if c.isdigit()) or 0))[:FRAMES]
+    frames = np.stack([np.asarray(Image.open(folder / n).convert("RGB").resize((96, 96), Image.BICUBIC))
+                       for n in names])
+    _encode(frames, d / "person.mp4", audio=True)
+    write_pose_track(waving_track(frames[0], FRAMES, 30000 / 1001), str(d / "waving.parquet"))
+    yy, xx = np.mgrid[0:96, 0:96]
+    empty = np.stack([np.dstack([(xx + 5 * k) % 256, yy * 2, np.full_like(xx, 90)]) for k in range(FRAMES)])
+    _encode(empty.astype(np.uint8), d / "no_person.mp4")
+    (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    good = {"request_id": "good", "source": str(d / "person.mp4"), "driving": str(d / "waving.parquet"),
+            "preview": True, **PARAMS}
+    rows = [good,
+            {**good, "request_id": "corrupt", "source": str(d / "corrupt.mp4"), "preview": False},
+            {**good, "request_id": "missing", "source": str(d / "nowhere.mp4"), "preview": False},
+            {**good, "request_id": "no-person", "source": str(d / "no_person.mp4"), "preview": False}]
+    write_manifest(rows, str(d / "mixed.csv"))
+    write_manifest([good], str(d / "good.jsonl"))
+    write_manifest([good, {**good, "request_id": "good-2", "seed": 8}], str(d / "two.parquet"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, inputs, tmp_path_factory):
+    """The mixed manifest, run once, uninterrupted, with metrics served over HTTP."""
+    out = tmp_path_factory.mktemp("ref")
+    metrics = PipelineMetrics()
+    server = start_metrics_server(0, metrics, addr="127.0.0.1")
+    try:
+        summary = run_pipeline(RunConfig(manifest=str(inputs / "mixed.csv"), out=str(out)), metrics=metrics)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10) as resp:
+            exposed = resp.read().decode()
+    finally:
+        server.shutdown()
+    return out, summary, metrics, exposed
+
+
+def test_mixed_manifest_fails_bad_rows_and_writes_good_outputs(reference):
+    out, summary, metrics, exposed = reference
+    rows = {r["request_id"]: r for r in read_results(str(out / "results.parquet"))}
+    assert summary.counts == {"succeeded": 1, "failed": 3}
+    good = rows["good"]
+    assert good["status"] == "succeeded" and good["error"] is None
+    assert good["frames"] == FRAMES and good["fps_rational"] == FPS and good["windows"] == 2
+    assert (good["width"], good["height"]) == (96, 96)  # the source resolution
+    assert good["model"] == "tiny" and good["weights_id"] and good["seam_score"] is not None
+    assert json.loads(good["params_json"])["steps"] == 2
+    probe = _ffprobe(good["output_uri"])
+    assert int(probe["video"]["nb_read_frames"]) == FRAMES and probe["video"]["r_frame_rate"] == FPS
+    assert "audio" in probe  # the source's audio track is copied
+    assert int(_ffprobe(good["preview_uri"])["video"]["nb_read_frames"]) == FRAMES
+    assert "corrupt.mp4" in rows["corrupt"]["error"] and rows["corrupt"]["status"] == "failed"
+    assert "nowhere.mp4" in rows["missing"]["error"]
+    assert "no person" in rows["no-person"]["error"]
+    assert not any((out / "videos").glob("*.tmp-*"))
+    # metrics: counted from the rows, served over HTTP
+    assert metrics.value("mf_requests_total", {"status": "failed"}) == 3
+    assert metrics.value("mf_windows_total", {"status": "succeeded"}) == 2
+    assert metrics.value("mf_actor_busy_seconds_total", {"stage": "edit"}) > 0
+    assert metrics.value("mf_actor_busy_seconds_total", {"stage": "prepare"}) > 0
+    assert metrics.value("mf_frames_total") == FRAMES
+    for name in ('mf_requests_total{status="succeeded"} 1.0', "mf_stage_seconds_bucket", "mf_queue_depth",
+                 "mf_frames_per_second", 'mf_edit_seconds_count'):
+        assert name in exposed
+
+
+def test_rerun_skips_finished_work_and_changes_nothing(reference, inputs):
+    out, _, _, _ = reference
+    files = {p: p.stat().st_mtime_ns for p in [*_windows(out).values(), *(out / "videos").iterdir()]}
+    summary = run_pipeline(RunConfig(manifest=str(inputs / "mixed.csv"), out=str(out)))
+    assert summary.counts == {"skipped": 1, "failed": 3}
+    assert summary.windows.get("succeeded", 0) == 0  # nothing edited again
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    rows = {r["request_id"]: r for r in read_results(str(out / "results.parquet"))}
+    assert rows["good"]["status"] == "skipped" and rows["good"]["frames"] == FRAMES
+    assert rows["good"]["model"] == "tiny"
+
+
+def test_dead_edit_actor_is_replaced_and_its_window_retried(ray_local, reference, inputs, tmp_path):
+    ref_out = reference[0]
+    marker = tmp_path / "died"
+    out = tmp_path / "out"
+    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=str(out), die_once_marker=str(marker))
+    summary = run_pipeline(cfg)
+    assert marker.exists(), "the test hook did not fire"
+    assert summary.counts == {"succeeded": 1} and summary.windows == {"succeeded": 2}
+    assert not list(out.rglob("*.attempts-*"))
+    # deterministic ids and frame-indexed noise: the same windows and the same video as the uninterrupted run
+    ref = _windows(ref_out)
+    assert set(_windows(out)) == set(ref)
+    for name, p in _windows(out).items():
+        np.testing.assert_array_equal(np.load(p)["frames"], np.load(ref[name])["frames"])
+    assert _sha(str(out / "videos" / "good.mp4")) == _sha(str(ref_out / "videos" / "good.mp4"))
+
+
+def test_killed_run_resumes_without_redoing_work(ray_local, reference, inputs, tmp_path):
+    ref_out = reference[0]
+    out = tmp_path / "out"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "jobs.cli", "retarget", str(inputs / "two.parquet"), "--out", str(out),
+           "--address", ray_local.get_runtime_context().gcs_address, "--no-progress"]
+    log = open(tmp_path / "run1.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (out / "windows").exists() or not _windows(out):
+        assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no window was written in time"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.parquet").exists(), "the run finished before it was killed"
+    before = {p: p.stat().st_mtime_ns for p in _windows(out).values()}
+    assert 1 <= len(before) < 4
+    run2 = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run2.returncode == 0, run2.stdout[-3000:] + run2.stderr[-3000:]
+    assert "succeeded 2" in run2.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # finished windows were not edited again
+    assert len(_windows(out)) == 4
+    rows = {r["request_id"]: r for r in read_results(str(out / "results.parquet"))}
+    assert rows["good"]["status"] == rows["good-2"]["status"] == "succeeded"
+    assert _sha(str(out / "videos" / "good.mp4")) == _sha(str(ref_out / "videos" / "good.mp4"))
+    ref = _windows(ref_out)
+    for name in ref:
+        np.testing.assert_array_equal(np.load(_windows(out)[name])["frames"], np.load(ref[name])["frames"])
+
+
+def test_single_request_in_process_on_memory_filesystem(reference, inputs):
+    """``pipelines.single.edit_request``: the same stage code without Ray, any fsspec output (memory:// here)."""
+    import mf_model
+    from pipelines.single import edit_request
+
+    ref_out = reference[0]
+    out = "memory://mf-single-test"
+    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=out)
+    req = read_manifest(cfg.manifest, out).requests[0]
+    model = mf_model.load_model(None, preset_name="tiny")
+    seen = []
+    row = edit_request(req, cfg, model, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert row["status"] == "succeeded", row["error"]
+    assert row["output_uri"].startswith("memory://") and storage.exists(row["output_uri"])
+    assert row["frames"] == FRAMES and row["fps_rational"] == FPS and row["windows"] == 2
+    assert seen[-1] == ("request", 1, 1) and ("window", 2, 2) in seen
+    ref = _windows(ref_out)
+    names = storage.listdir(storage.join(out, "windows", "good"))
+    assert sorted(names) == sorted(ref)
+    for name in names:
+        got = storage.read_npz(storage.join(out, "windows", "good", name))["frames"]
+        np.testing.assert_array_equal(got, np.load(ref[name])["frames"])
+    again = edit_request(req, cfg, model)
+    assert again["status"] == "skipped"
+    with pytest.raises(ValueError, match="memory://"):
+        run_pipeline(cfg)
