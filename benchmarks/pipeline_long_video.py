@@ -29,10 +29,8 @@ def one(frames: int, args) -> dict:
     from pipelines.ray_pipeline import RunConfig, run_pipeline
 
     work = Path(args.work)
-    src = work / f"source_{frames}.mp4"
+    src = work / f"source_{frames}.mp4"  # made by the parent process: input generation is not the pipeline's RSS
     drv = work / f"driving_{frames}.parquet"
-    first = make_source(src, frames)
-    make_track(drv, first, frames)
     out = Path(tempfile.mkdtemp(prefix=f"long{frames}-", dir=work))
     manifest = out / "requests.jsonl"
     write_manifest([{"request_id": f"long-{frames}", "source": str(src), "driving": str(drv), "steps": args.steps,
@@ -68,6 +66,8 @@ def main(argv=None) -> int:
         return 0
     args.work = args.work or tempfile.mkdtemp(prefix="mf-bench-long-")
     res = {}
+    for n in (args.short, args.long):
+        make_track(Path(args.work) / f"driving_{n}.parquet", make_source(Path(args.work) / f"source_{n}.mp4", n), n)
     for n in (args.short, args.long):
         cmd = [sys.executable, __file__, "--one", str(n), "--work", args.work, "--steps", str(args.steps),
                "--size", str(args.size), "--window", str(args.window), "--overlap", str(args.overlap)]
