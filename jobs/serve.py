@@ -20,8 +20,6 @@ explicitly allows them); when the bounded queue is full, 429. Results are writte
 kept in memory. The GPU replicas (``max_ongoing_requests=1``) run the batch pipeline's own per-request code
 (:func:`pipelines.single.edit_request`), not a second implementation.
 """
-from __future__ import annotations
-
 import asyncio
 import hashlib
 import hmac
@@ -148,7 +146,9 @@ class EditWorkerImpl:
         self.store.update(ns, edit_id, state="running", started_at=time.time())
         last = [0.0]
 
-        def progress(done: int, total: int) -> None:
+        def progress(kind: str, done: int, total: int) -> None:
+            if kind != "window":
+                return
             now = time.monotonic()
             if now - last[0] < 0.5 and done < total:
                 return
@@ -196,6 +196,10 @@ def create_api(cfg: ServeConfig, submit):
     api = FastAPI(title="motionfollower-ray", version="1")
     store = StateStore(cfg.root)
     metrics = PipelineMetrics()
+    from prometheus_client import Counter
+
+    http_total = Counter("mf_serve_http_requests", "HTTP requests of the edit API, by route and status code",
+                         ["route", "code"], registry=metrics.registry)
     active: set = set()
     tokens = {namespace(t): t for t in cfg.tokens}
 
@@ -257,6 +261,8 @@ def create_api(cfg: ServeConfig, submit):
             log.exception("unhandled error on %s", request.url.path)
             response = JSONResponse({"detail": "internal error"}, status_code=500)
         metrics.observe_stage("http", time.perf_counter() - start)
+        route = request.scope.get("route")
+        http_total.labels(route=getattr(route, "path", "other"), code=str(response.status_code)).inc()
         return response
 
     @api.get("/healthz")
@@ -272,17 +278,17 @@ def create_api(cfg: ServeConfig, submit):
     async def create(request: HttpRequest, authorization: Optional[str] = Header(None)):
         ns = auth(authorization)
         if len(active) >= cfg.queue_size:
-            metrics.request_finished("rejected")
             raise HTTPException(429, f"queue full ({cfg.queue_size} edits queued or running); retry later",
                                 headers={"Retry-After": "5"})
         length = request.headers.get("content-length")
         if length and int(length) > 2 * cfg.max_upload_bytes + (1 << 20):
             raise HTTPException(413, f"request body of {length} bytes exceeds the upload limit")
-        form = await request.form(max_part_size=cfg.max_upload_bytes + 1)
         edit_id = secrets.token_urlsafe(18)
+        active.add(edit_id)  # hold the queue slot from here on (concurrent posts must not all pass the check)
         edir = store.edit_dir(ns, edit_id)
         inputs: dict[str, str] = {}
         try:
+            form = await request.form(max_part_size=cfg.max_upload_bytes + 1)
             for label in ("source", "driving"):
                 upload, uri = form.get(label), form.get(f"{label}_uri")
                 if upload is not None and hasattr(upload, "read"):
@@ -307,17 +313,18 @@ def create_api(cfg: ServeConfig, submit):
                 raise HTTPException(422, str(exc)) from exc
             errors = [f"{label}: {err}" for label in ("source", "driving")
                       if (err := await asyncio.to_thread(check_limits, inputs[label], label))]
-        except HTTPException:
-            store.delete(ns, edit_id)
+        except BaseException:
+            active.discard(edit_id)
+            await asyncio.to_thread(store.delete, ns, edit_id)
             raise
         state = {"id": edit_id, "state": "queued", "progress": 0.0, "error": None, "created_at": time.time(),
                  "params": req.params()}
         if errors:
             store.write(ns, edit_id, {**state, "state": "failed", "error": "; ".join(errors)})
             metrics.request_finished("failed")
+            active.discard(edit_id)
         else:
             store.write(ns, edit_id, state)
-            active.add(edit_id)
 
             async def runner():
                 try:

@@ -1,0 +1,188 @@
+"""The Ray Serve edit endpoint over real HTTP on 127.0.0.1 (real Ray, real model, real ffmpeg)."""
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from jobs.serve import ServeConfig, build_app
+from pipelines.encode import probe_output
+from tests.jobs.media_helpers import TINY_EDIT, write_clip
+
+TOKEN_A, TOKEN_B = "token-a-" + "x" * 24, "token-b-" + "y" * 24
+PARAMS = {**{k: str(v) for k, v in TINY_EDIT.items()}, "steps": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def media(fixture_cases, tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve_media")
+    src = write_clip(fixture_cases, "s1", d / "source.mp4", frames=8, side=256)
+    drv = write_clip(fixture_cases, "m1", d / "driving.mp4", frames=8, side=256)
+    corrupt = d / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    return {"source": src, "driving": drv, "corrupt": corrupt, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tmp_path_factory, media):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("serve_root")
+    cfg = ServeConfig(root=str(root), tokens=(TOKEN_A, TOKEN_B), allowed_prefixes=(str(media["dir"]),),
+                      max_upload_bytes=400_000, max_seconds=30, max_side=1024, queue_size=4, cpus_per_replica=1)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg), name="mf", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(base + "/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    yield base
+    serve.shutdown()
+
+
+def _auth(token=TOKEN_A):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _post(base, media, token=TOKEN_A, source="source", **extra):
+    with open(media[source], "rb") as s, open(media["driving"], "rb") as d:
+        return requests.post(base + "/v1/edits", headers=_auth(token), data={**PARAMS, **extra},
+                             files={"source": ("source.mp4", s, "video/mp4"),
+                                    "driving": ("driving.mp4", d, "video/mp4")}, timeout=120)
+
+
+def _wait(base, edit_id, token=TOKEN_A, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = requests.get(f"{base}/v1/edits/{edit_id}", headers=_auth(token), timeout=30).json()
+        if st["state"] in ("succeeded", "failed", "cancelled"):
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"edit {edit_id} did not finish: {st}")
+
+
+def test_full_flow_upload_poll_download(server, media, tmp_path):
+    r = _post(server, media)
+    assert r.status_code == 202, r.text
+    edit_id = r.json()["id"]
+    assert len(edit_id) >= 20
+    st = _wait(server, edit_id)
+    assert st["state"] == "succeeded", st
+    assert st["progress"] == 1.0 and st["frames"] == 8
+    v = requests.get(f"{server}/v1/edits/{edit_id}/video", headers=_auth(), timeout=60)
+    assert v.status_code == 200 and v.headers["content-type"] == "video/mp4"
+    out = tmp_path / "edit.mp4"
+    out.write_bytes(v.content)
+    info = probe_output(str(out))
+    assert info["codec"] == "h264" and info["frames"] == 8 and info["pix_fmt"] == "yuv420p"
+    # another client cannot see, fetch or delete it
+    assert requests.get(f"{server}/v1/edits/{edit_id}", headers=_auth(TOKEN_B), timeout=10).status_code == 404
+    assert requests.delete(f"{server}/v1/edits/{edit_id}", headers=_auth(TOKEN_B), timeout=10).status_code == 404
+    assert requests.delete(f"{server}/v1/edits/{edit_id}", headers=_auth(), timeout=30).status_code == 204
+    assert requests.get(f"{server}/v1/edits/{edit_id}", headers=_auth(), timeout=10).status_code == 404
+
+
+def test_auth_required(server, media):
+    with open(media["source"], "rb") as s:
+        r = requests.post(server + "/v1/edits", files={"source": s}, timeout=30)
+    assert r.status_code == 401
+    assert requests.get(server + "/v1/edits/abc", timeout=10).status_code == 401
+    assert requests.get(server + "/v1/edits/abc", headers=_auth("wrong"), timeout=10).status_code == 401
+
+
+def test_oversize_upload_is_413(server, media):
+    big = media["dir"] / "big.mp4"
+    big.write_bytes(b"\x00" * 600_000)
+    with open(big, "rb") as s, open(media["driving"], "rb") as d:
+        r = requests.post(server + "/v1/edits", headers=_auth(), data=PARAMS,
+                          files={"source": ("big.mp4", s), "driving": ("d.mp4", d)}, timeout=60)
+    assert r.status_code == 413, r.text
+
+
+def test_bad_parameters_and_uris(server, media):
+    r = _post(server, media, steps="many")
+    assert r.status_code == 422 and "steps" in r.text
+    r = requests.post(server + "/v1/edits", headers=_auth(), timeout=30,
+                      data={**PARAMS, "source_uri": "file:///etc/passwd", "driving_uri": str(media["driving"])})
+    assert r.status_code == 403 and "outside the allowed" in r.text
+    r = requests.post(server + "/v1/edits", headers=_auth(), timeout=30,
+                      data={**PARAMS, "source_uri": str(media["dir"]) + "/../../etc/passwd",
+                            "driving_uri": str(media["driving"])})
+    assert r.status_code == 403
+    # an allow-listed storage URI works without uploading
+    r = requests.post(server + "/v1/edits", headers=_auth(), timeout=30,
+                      data={**PARAMS, "source_uri": str(media["source"]), "driving_uri": str(media["driving"])})
+    assert r.status_code == 202, r.text
+    assert _wait(server, r.json()["id"])["state"] == "succeeded"
+
+
+def test_corrupt_video_ends_as_failed_edit(server, media):
+    r = _post(server, media, source="corrupt")
+    assert r.status_code == 202, r.text
+    st = _wait(server, r.json()["id"])
+    assert st["state"] == "failed"
+    assert st["error"].startswith("source:"), st["error"]
+    v = requests.get(f"{server}/v1/edits/{r.json()['id']}/video", headers=_auth(), timeout=10)
+    assert v.status_code == 409
+
+
+def test_load_50_clients_queue_4(server, media):
+    codes: list[int] = []
+    ids: list[str] = []
+    health_ms: list[float] = []
+    stop = threading.Event()
+
+    def health():
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            h = requests.get(server + "/healthz", timeout=30)
+            health_ms.append((time.perf_counter() - t0) * 1000)
+            assert h.status_code == 200
+            time.sleep(0.05)
+
+    def client(_):
+        r = _post(server, media)
+        codes.append(r.status_code)
+        if r.status_code == 202:
+            ids.append(r.json()["id"])
+
+    hb = threading.Thread(target=health, daemon=True)
+    hb.start()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        list(pool.map(client, range(50)))
+    time.sleep(1.0)
+    stop.set()
+    hb.join(timeout=30)
+    assert set(codes) <= {202, 429}, sorted(set(codes))
+    assert len(codes) == 50 and codes.count(202) >= 1 and codes.count(429) >= 40
+    states = [_wait(server, i)["state"] for i in ids]
+    assert states == ["succeeded"] * len(ids)
+    p99 = statistics.quantiles(health_ms, n=100)[98] if len(health_ms) >= 2 else health_ms[0]
+    print(f"\nserve load: {codes.count(202)} accepted, {codes.count(429)} refused (429), "
+          f"health p99 {p99:.1f} ms over {len(health_ms)} probes")
+    assert p99 < 2000
+
+
+def test_metrics_exposed(server, media):
+    text = requests.get(server + "/metrics", timeout=10).text
+    for name in ("mf_requests_total", "mf_stage_seconds_bucket", "mf_queue_depth", "mf_windows_total",
+                 "mf_serve_http_requests_total",
+                 "mf_edit_seconds"):
+        assert name in text, name
+    assert 'mf_requests_total{status="succeeded"}' in text
+    assert 'code="429"' in text and 'code="202"' in text
