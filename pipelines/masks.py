@@ -20,7 +20,8 @@ MASK_BONES = [b for b in LIMB_SEQ[:13]] + [(0, 14), (0, 15), (14, 16), (15, 17)]
 
 def binarize(prob: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     """Probabilities (..., H, W) → uint8 {0, 255}."""
-    return np.where(np.asarray(prob) > threshold, 255, 0).astype(np.uint8)
+    # uint8 throughout: np.where(..., 255, 0) would build an int64 array 8x the mask size first
+    return np.multiply(np.asarray(prob) > threshold, 255, dtype=np.uint8)
 
 
 def person_masks(frames: np.ndarray, extractor=None) -> np.ndarray:
@@ -161,7 +162,7 @@ def similarity_mask(mask: np.ndarray, scale: float, fx: float, fy: float, sx: fl
     m = np.array([[sx, 0.0, fx * (1 - sx)], [0.0, scale, fy * (1 - scale)]], np.float64)
     h, w = mask.shape[:2]
     out = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return np.where(out > 127, 255, 0).astype(np.uint8)
+    return np.multiply(out > 127, 255, dtype=np.uint8)
 
 
 def aligned_masks(driving_masks: np.ndarray, driving_body: np.ndarray, transform: dict,
@@ -178,7 +179,7 @@ def aligned_masks(driving_masks: np.ndarray, driving_body: np.ndarray, transform
     for t, (m, b) in enumerate(zip(driving_masks, driving_body)):
         sim = frame_similarity(b, transform, None if source_masks is None else source_masks[t], m)
         if sim is None:
-            out[t] = np.where(m > 127, 255, 0).astype(np.uint8)
+            out[t] = np.multiply(m > 127, 255, dtype=np.uint8)
             continue
         s, fx, fy = sim
         out[t] = similarity_mask(m, s, fx, fy, None if width_ratio is None else s * float(width_ratio))

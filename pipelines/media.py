@@ -23,6 +23,7 @@ FRAME_RE = re.compile(r"^frame_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
 DEFAULT_FOLDER_FPS = 8.0
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 DECODE_CHUNK = 32
+FIT_CHUNK = 4  # source frames decoded at a time by read_fitted_frames
 
 
 @dataclass
@@ -262,6 +263,46 @@ def read_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK,
     if not parts:
         return np.zeros((0, 0, 0, 3), np.uint8)
     return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def read_fitted_frames(uri: str, indices: Sequence[int], size=(512, 512), mode: str = "pad",
+                       info: VideoInfo | None = None, chunk: int = FIT_CHUNK) -> np.ndarray:
+    """``fit_frames(read_frames(uri, indices), size, mode)`` without ever holding more than ``chunk`` decoded
+    full-resolution frames: ``(N, H, W, 3) uint8`` at the fitted ``size``. Peak memory is the fitted output plus
+    ``chunk`` source frames, whatever the input resolution (a 24-frame 720p window decoded whole costs ~130 MB of
+    transient copies)."""
+    th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    idx = [int(i) for i in indices]
+    out = np.zeros((len(idx), th, tw, 3), np.uint8)
+    k = 0
+    for part, arr in iter_frames(uri, idx, chunk=max(1, int(chunk)), info=info):
+        for f in arr:
+            out[k] = f if f.shape[:2] == (th, tw) else fit_frame(f, (th, tw), mode)
+            k += 1
+        del arr
+    return out
+
+
+_LIBC = None
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Each window allocates and frees ~150 MB of frames, probabilities and renders while MediaPipe's and the decoder's
+    threads keep their own malloc arenas; without trimming, the freed pages stay in the process's RSS (measured:
+    ~200 MB per worker between windows)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def fit_frame(frame: np.ndarray, size: tuple[int, int] | int = (512, 512), mode: str = "pad") -> np.ndarray:

@@ -24,7 +24,8 @@ import numpy as np
 from pipelines.align import apply_alignment, compute_alignment, identity_alignment
 from pipelines.errors import InputError
 from pipelines.masks import aligned_masks, binarize, predicted_masks, warp_mask
-from pipelines.media import VideoInfo, fit_frame, fit_frames, fit_geometry, iter_frames, probe_video, read_frames
+from pipelines.media import (VideoInfo, fit_frame, fit_frames, fit_geometry, iter_frames, probe_video,
+                            read_fitted_frames, read_frames, release_memory)
 from pipelines.poses.base import PoseExtractor, get_extractor
 from pipelines.poses.keypoints import FLAG_MISSING, PoseTrack, read_pose_track, write_pose_track
 from pipelines.poses.tracking import clean_track
@@ -33,9 +34,10 @@ from pipelines.render import render_poses
 log = logging.getLogger(__name__)
 
 __all__ = ["VideoInfo", "InputError", "PoseTrack", "PoseExtractor", "probe_video", "read_frames", "iter_frames",
-           "fit_frame", "fit_frames", "driving_index_map", "get_extractor", "extract_poses", "read_pose_track",
-           "write_pose_track", "compute_alignment", "apply_alignment", "identity_alignment", "render_poses",
-           "person_masks", "predicted_masks", "aligned_masks", "reference_alignment", "prepare_window", "prepare"]
+           "fit_frame", "fit_frames", "read_fitted_frames", "driving_index_map", "get_extractor", "extract_poses",
+           "read_pose_track", "write_pose_track", "compute_alignment", "apply_alignment", "identity_alignment",
+           "render_poses", "person_masks", "predicted_masks", "aligned_masks", "reference_alignment", "prepare_window",
+           "prepare"]
 
 POLICIES = ("trim", "loop", "hold")
 MIN_PERSON_FRACTION = 0.0  # frames may lack a person; a whole video without one is refused
@@ -84,11 +86,11 @@ def driving_index_map(source_info: VideoInfo, driving_info: VideoInfo | PoseTrac
 # -- poses and masks -----------------------------------------------------------------------------------------------
 
 def extract_poses(frames: np.ndarray, fps: float = 0.0, backend: str | PoseExtractor = "mediapipe",
-                  with_masks: bool = False, max_gap: int = 8, smoothing: bool = False, reset: bool = True,
+                  with_masks: bool = False, max_gap: int = 8, smoothing: bool = True, reset: bool = True,
                   **backend_kwargs):
     """Poses of the most prominent person in fitted frames (N, H, W, 3): a cleaned :class:`PoseTrack`
-    (short gaps interpolated and flagged, optional One-Euro smoothing), plus (N, H, W) uint8 masks if asked.
-    MediaPipe already smooths landmarks over time, so extra smoothing is off by default."""
+    (short gaps interpolated and flagged, One-Euro temporal smoothing unless ``smoothing=False``), plus (N, H, W)
+    uint8 masks if asked. MediaPipe's own landmark smoothing is off (it lags at low frame rates)."""
     ext = backend if isinstance(backend, PoseExtractor) else get_extractor(backend, **backend_kwargs)
     if reset:  # the frames are one clip: do not carry tracking state over from another video
         ext.reset()
@@ -99,7 +101,7 @@ def extract_poses(frames: np.ndarray, fps: float = 0.0, backend: str | PoseExtra
     if not with_masks:
         return track
     if prob is None:
-        prob = get_extractor("mediapipe").extract(frames)[2]
+        prob = get_extractor("mediapipe", mirror=False).extract(frames)[2]  # segmentation only
     masks = binarize(prob)
     masks[track.missing] = 0
     return track, masks
@@ -128,7 +130,7 @@ def reference_alignment(source: str, driving, source_indices: Sequence[int] | No
     si = list(source_indices[:ref_frames]) if source_indices is not None else list(range(ref_frames))
     s_info = probe_video(source)
     si = [i for i in si if i < s_info.frames] or [0]
-    s_frames = fit_frames(read_frames(source, si, info=s_info), size, mode)
+    s_frames = read_fitted_frames(source, si, size, mode, info=s_info)
     s_track, s_masks = extract_poses(s_frames, s_info.fps, backend, with_masks=True)
     get_extractor(backend).reset()
     track = _load_driving_track(driving)
@@ -140,10 +142,12 @@ def reference_alignment(source: str, driving, source_indices: Sequence[int] | No
         d_info = probe_video(driving)
         di = list(driving_indices[:ref_frames]) if driving_indices is not None else list(range(ref_frames))
         di = [i for i in di if i < d_info.frames] or [0]
-        d_frames = fit_frames(read_frames(driving, di, info=d_info), size, mode)
+        d_frames = read_fitted_frames(driving, di, size, mode, info=d_info)
         d_track, d_masks = extract_poses(d_frames, d_info.fps, backend, with_masks=True)
         get_extractor(backend).reset()
         transform = compute_alignment(s_track, d_track, ref_frames, s_masks, d_masks)
+    del s_frames
+    release_memory()
     if s_track.missing.all():
         raise InputError(source, "no person found in the reference frames of the source")
     return transform
@@ -167,7 +171,7 @@ def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driv
         raise ValueError("source_indices and driving_indices must have the same length")
     transform = transform or identity_alignment(size)
     ext = get_extractor(backend)
-    s_frames = fit_frames(read_frames(source_uri, source_indices, info=source_info), size, mode)
+    s_frames = read_fitted_frames(source_uri, source_indices, size, mode, info=source_info)
     ext.reset()
     s_track, s_masks = extract_poses(s_frames, getattr(source_info, "fps", 0.0), ext, with_masks=True)
     track = _load_driving_track(driving)
@@ -177,7 +181,7 @@ def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driv
         d_track = clean_track(d_track, smoothing=False)
         d_masks = None
     else:
-        d_frames = fit_frames(read_frames(driving, driving_indices, info=driving_info), size, mode)
+        d_frames = read_fitted_frames(driving, driving_indices, size, mode, info=driving_info)
         ext.reset()
         d_track, d_masks = extract_poses(d_frames, getattr(driving_info, "fps", 0.0), ext, with_masks=True)
         if with_driving_frames:
@@ -206,6 +210,7 @@ def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driv
         "driving_keypoints": d_track.body, "driving_hands": d_track.hands,
         "source_flags": s_track.flags, "driving_flags": d_track.flags,
     })
+    release_memory()
     return out
 
 

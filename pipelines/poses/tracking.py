@@ -114,7 +114,14 @@ class OneEuro:
         return out
 
 
-def smooth(track: PoseTrack, min_cutoff: float = 1.0, beta: float = 0.05, thr: float = 0.3) -> PoseTrack:
+# One-Euro defaults (cut-offs in Hz, so the smoothing adapts to the frame rate): light at the official 8 fps, where
+# limbs move far between frames (measured neutral on the fixture cases), stronger on 25-30 fps video jitter.
+SMOOTH_MIN_CUTOFF = 3.0
+SMOOTH_BETA = 0.1
+
+
+def smooth(track: PoseTrack, min_cutoff: float = SMOOTH_MIN_CUTOFF, beta: float = SMOOTH_BETA,
+           thr: float = 0.3) -> PoseTrack:
     """One-Euro smoothing of every visible keypoint coordinate over time (invisible stretches reset the filter)."""
     if len(track) < 3:
         return track
