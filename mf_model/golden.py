@@ -96,8 +96,8 @@ class Case:
     def runs(self) -> dict:
         return self.meta["runs"]
 
-    def arrays(self, run: str) -> dict:
-        """Stored arrays of a run; those identical to another run are looked up there."""
+    def _stored(self, run: str) -> dict:
+        """The arrays stored in a run's own folder."""
         if run not in self._arrays:
             d = {}
             for name in ("outputs", "intermediates"):
@@ -106,26 +106,18 @@ class Case:
                     with np.load(path) as z:
                         d.update({k: z[k] for k in z.files})
             self._arrays[run] = d
-        d = dict(self._arrays[run])
-        for other in self.runs():
-            if other != run:
-                base = self._arrays.get(other)
-                if base is None:
-                    self.arrays_only(other)
-                    base = self._arrays[other]
-                for k in self.runs()[run].get(f"identical_to_{other}_not_stored_again", []):
-                    if k in base and k not in d:
-                        d[k] = base[k]
-        return d
+        return self._arrays[run]
 
-    def arrays_only(self, run: str) -> None:
-        d = {}
-        for name in ("outputs", "intermediates"):
-            path = os.path.join(self.dir, run, f"{name}.npz")
-            if os.path.exists(path):
-                with np.load(path) as z:
-                    d.update({k: z[k] for k in z.files})
-        self._arrays[run] = d
+    def arrays(self, run: str) -> dict:
+        """Stored arrays of a run; those identical to another run (and stored only there) are taken from it."""
+        d = dict(self._stored(run))
+        for other in self.runs():
+            if other == run:
+                continue
+            for k in self.runs()[run].get(f"identical_to_{other}_not_stored_again", []):
+                if k not in d and k in self._stored(other):
+                    d[k] = self._stored(other)[k]
+        return d
 
 
 def _cmp(name: str, ours, ref, tol: float = TOL_MODULE) -> Check:
