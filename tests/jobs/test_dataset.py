@@ -181,7 +181,7 @@ def test_dataset_runs_are_idempotent_and_add_exactly_new_pairs(tmp_path, fixture
     assert {r["request_id"] for r in reqs} == {r["request_id"] for r in rows} == set(r1.new_ids)
     for r in rows:
         assert Path(r["output_uri"]).is_file() and r["output_uri"].startswith(str(part / "videos"))
-        assert r["frames"] == 8 and r["width"] == TINY_EDIT["size"]
+        assert r["frames"] == 8 and r["width"] == 256  # outputs are at the source resolution
 
     server = start_metrics_server(0, metrics, addr="127.0.0.1")
     try:
