@@ -10,6 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's native INFO/WARNING lines bypass pytest's capture
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _shared_dir() -> Path | None:
