@@ -341,21 +341,23 @@ def create_api(cfg: ServeConfig, submit):
         return JSONResponse({"id": edit_id, "status_url": f"/v1/edits/{edit_id}",
                              "video_url": f"/v1/edits/{edit_id}/video"}, status_code=202)
 
-    @api.get("/v1/edits/{edit_id}")
-    async def status(edit_id: str, authorization: Optional[str] = Header(None)):
+    async def owned(edit_id: str, authorization: Optional[str]) -> tuple[str, dict]:
+        """The caller's namespace and the edit's state; 404 for an edit of another token or none."""
         ns = auth(authorization)
         state = await asyncio.to_thread(store.read, ns, edit_id)
         if state is None:
             raise HTTPException(404, "no such edit")
+        return ns, state
+
+    @api.get("/v1/edits/{edit_id}")
+    async def status(edit_id: str, authorization: Optional[str] = Header(None)):
+        _, state = await owned(edit_id, authorization)
         return {k: state.get(k) for k in ("id", "state", "progress", "error", "frames", "fps", "created_at",
                                           "finished_at", "params")}
 
     @api.get("/v1/edits/{edit_id}/video")
     async def video(edit_id: str, authorization: Optional[str] = Header(None)):
-        ns = auth(authorization)
-        state = await asyncio.to_thread(store.read, ns, edit_id)
-        if state is None:
-            raise HTTPException(404, "no such edit")
+        _, state = await owned(edit_id, authorization)
         if state.get("state") != "succeeded" or not state.get("output"):
             raise HTTPException(409, f"edit is {state.get('state')}; no video")
         fs, path = storage.open_fs(state["output"])
@@ -372,10 +374,7 @@ def create_api(cfg: ServeConfig, submit):
 
     @api.delete("/v1/edits/{edit_id}", status_code=204)
     async def delete(edit_id: str, authorization: Optional[str] = Header(None)):
-        ns = auth(authorization)
-        state = await asyncio.to_thread(store.read, ns, edit_id)
-        if state is None:
-            raise HTTPException(404, "no such edit")
+        ns, state = await owned(edit_id, authorization)
         if state.get("state") in ("queued", "running"):
             store.update(ns, edit_id, state="cancelled")
         active.discard(edit_id)

@@ -44,18 +44,21 @@ def add_appearance(x: torch.Tensor, feat: torch.Tensor, batch: int) -> torch.Ten
     return x.view(bf, c, h, w)
 
 
+def _layer_modules(cfg: UNetConfig, channels: int, n: int, with_attention: bool):
+    """The spatial transformers (or None) and motion modules of a block's ``n`` layers."""
+    attentions = nn.ModuleList([Transformer3DModel(channels, cfg.attention_head_dim, cfg.cross_attention_dim,
+                                                   cfg.norm_num_groups) for _ in range(n)]) if with_attention else None
+    motion = nn.ModuleList([VanillaTemporalModule(channels, cfg.motion_module) for _ in range(n)])
+    return attentions, motion
+
+
 class CrossAttnDownBlock3D(nn.Module):
     def __init__(self, c_in, c_out, temb, cfg: UNetConfig, add_downsample: bool, with_attention: bool):
         super().__init__()
         n = cfg.layers_per_block
         g, eps = cfg.norm_num_groups, cfg.norm_eps
         self.resnets = nn.ModuleList([ResnetBlock3D(c_in if i == 0 else c_out, c_out, temb, g, eps) for i in range(n)])
-        if with_attention:
-            self.attentions = nn.ModuleList(
-                [Transformer3DModel(c_out, cfg.attention_head_dim, cfg.cross_attention_dim, g) for _ in range(n)])
-        else:
-            self.attentions = None
-        self.motion_modules = nn.ModuleList([VanillaTemporalModule(c_out, cfg.motion_module) for _ in range(n)])
+        self.attentions, self.motion_modules = _layer_modules(cfg, c_out, n, with_attention)
         self.downsamplers = nn.ModuleList([Downsample3D(c_out, cfg.downsample_padding)]) if add_downsample else None
 
     def forward(self, x, temb, context, frames, appearance):
@@ -105,12 +108,7 @@ class CrossAttnUpBlock3D(nn.Module):
             res_in = c_prev if i == 0 else c_out
             resnets.append(ResnetBlock3D(res_in + skip, c_out, temb, g, eps))
         self.resnets = nn.ModuleList(resnets)
-        if with_attention:
-            self.attentions = nn.ModuleList(
-                [Transformer3DModel(c_out, cfg.attention_head_dim, cfg.cross_attention_dim, g) for _ in range(n)])
-        else:
-            self.attentions = None
-        self.motion_modules = nn.ModuleList([VanillaTemporalModule(c_out, cfg.motion_module) for _ in range(n)])
+        self.attentions, self.motion_modules = _layer_modules(cfg, c_out, n, with_attention)
         self.upsamplers = nn.ModuleList([Upsample3D(c_out)]) if add_upsample else None
 
     def forward(self, x, skips, temb, context, frames, upsample_size=None):
