@@ -28,8 +28,8 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
 log = logging.getLogger("mf.serve")
 

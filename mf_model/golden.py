@@ -26,7 +26,7 @@ from mf_model.camera import KVBank, camera_mode
 from mf_model.guidance import GuidanceMasks, GuidanceWeights, score_guidance
 from mf_model.model import MotionFollower, load_model
 from mf_model.noise import ArrayNoise, SequentialNoise
-from mf_model.unet import to_frames, to_video
+from mf_model.unet import to_video
 from mf_model.window import EditOptions, EditWindow
 
 log = logging.getLogger("mf_model.golden")

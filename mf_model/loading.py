@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Optional
@@ -47,7 +48,6 @@ def _fs(uri: str):
 def _join(root: str, *parts: str) -> str:
     if "://" in root:
         return posixpath.join(root, *parts)
-    import os
     return os.path.join(root, *parts)
 
 
@@ -206,7 +206,7 @@ class OfficialLayout:
 def locate_official(uri: str) -> OfficialLayout:
     if uri.endswith((".yaml", ".yml")):
         cfg = yaml.safe_load(read_bytes(uri)) or {}
-        root = posixpath.dirname(uri) if "://" in uri else __import__("os").path.dirname(uri)
+        root = posixpath.dirname(uri) if "://" in uri else os.path.dirname(uri)
         need = ["pretrained_base_model_path", "pretrained_vae_path", "image_encoder_path", "denoising_unet_path",
                 "pose_guider_path", "motion_module_path"]
         missing = [k for k in need if k not in cfg]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from mf_model.camera import KVBank, camera_mode
 from mf_model.guidance import GuidanceMasks, GuidanceWeights, score_guidance

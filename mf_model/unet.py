@@ -6,7 +6,6 @@ import logging
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 

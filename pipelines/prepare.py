@@ -24,7 +24,7 @@ import numpy as np
 from pipelines.align import apply_alignment, compute_alignment, identity_alignment
 from pipelines.errors import InputError
 from pipelines.masks import aligned_masks, binarize, predicted_masks, warp_mask
-from pipelines.media import (VideoInfo, fit_frame, fit_frames, fit_geometry, iter_frames, probe_video,
+from pipelines.media import (VideoInfo, fit_frame, fit_frames, iter_frames, probe_video,
                             read_fitted_frames, read_frames, release_memory)
 from pipelines.poses.base import PoseExtractor, get_extractor
 from pipelines.poses.keypoints import FLAG_MISSING, PoseTrack, read_pose_track, write_pose_track
