@@ -1,7 +1,6 @@
 """Shared helpers of the pipeline benchmarks: demo-style inputs, a local Ray, RSS sampling of driver and workers."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ sys.path.insert(0, str(REPO))
 
 def make_source(path: Path, frames: int, fps: int = 24, size=(320, 256)) -> np.ndarray:
     """The demo portrait with camera movement, ``frames`` long, H.264 with audio; returns frame 0."""
-    from pipelines.demo import encode_with_tone, source_frames
+    from jobs.commands.demo import encode_with_tone, source_frames
 
     first = None
     if not path.exists():
@@ -33,8 +32,8 @@ def make_source(path: Path, frames: int, fps: int = 24, size=(320, 256)) -> np.n
 
 
 def make_track(path: Path, first: np.ndarray, frames: int, fps: int = 24) -> None:
-    from pipelines.demo import waving_track
-    from pipelines.poses.keypoints import write_pose_track
+    from jobs.commands.demo import waving_track
+    from pipelines.conditioning.poses.keypoints import write_pose_track
 
     if not path.exists():
         write_pose_track(waving_track(first, frames, fps), str(path))
@@ -43,10 +42,9 @@ def make_track(path: Path, first: np.ndarray, frames: int, fps: int = 24) -> Non
 def start_ray(num_cpus: int | None = None):
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=512 * 1024 * 1024)
+    from jobs.runtime import connect_ray
+
+    connect_ray(None, num_cpus=num_cpus, object_store_memory=512 * 1024 * 1024)
     return ray
 
 
@@ -61,7 +59,7 @@ class RssSampler:
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

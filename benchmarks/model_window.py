@@ -61,8 +61,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("fp16" if device == "cuda" else "fp32")
+    from pipelines.batch.config import ModelSpec
+
+    use_gpu = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
+    spec = ModelSpec.for_gpus(1.0 if use_gpu else 0.0, preset=args.preset, dtype=args.dtype)
+    device, dtype = spec.device, spec.dtype
     w, h = (int(v) for v in args.size.lower().split("x")) if "x" in args.size.lower() else (int(args.size),) * 2
 
     from mf_model import EditOptions, load_model

@@ -25,8 +25,10 @@ log = logging.getLogger("benchmarks.pipeline_long_video")
 
 
 def one(frames: int, args) -> dict:
-    from pipelines.manifest import read_results, write_manifest
-    from pipelines.ray_pipeline import RunConfig, run_pipeline
+    from pipelines.batch.config import RunConfig
+    from pipelines.batch.driver import run_pipeline
+    from pipelines.batch.requests import write_manifest
+    from pipelines.batch.results import read_results
 
     work = Path(args.work)
     src = work / f"source_{frames}.mp4"  # made by the parent process: input generation is not the pipeline's RSS

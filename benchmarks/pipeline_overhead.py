@@ -1,6 +1,6 @@
 """Pipeline overhead of ``mf retarget``: N >= 8 requests on the tiny model, how busy the edit stage is.
 
-Prints, from the run's window rows (:class:`pipelines.ray_pipeline.RunSummary`):
+Prints, from the run's window rows (:class:`pipelines.batch.driver.RunSummary`):
 
 - time from start to the first window edited (``first_window_s``: Ray start-up excluded, actor start and model load
   included);
@@ -36,8 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from pipelines.manifest import write_manifest
-    from pipelines.ray_pipeline import RunConfig, run_pipeline
+    from pipelines.batch.config import RunConfig, StageResources
+    from pipelines.batch.driver import run_pipeline
+    from pipelines.batch.requests import write_manifest
 
     work = Path(tempfile.mkdtemp(prefix="mf-bench-overhead-"))
     src, drv = work / "source.mp4", work / "driving.parquet"
@@ -46,8 +47,8 @@ def main(argv=None) -> int:
              "size": args.size, "window": args.window, "overlap": args.overlap} for k in range(args.requests)]
     write_manifest(rows, str(work / "requests.jsonl"))
     start_ray(args.num_cpus)
-    s = run_pipeline(RunConfig(manifest=str(work / "requests.jsonl"), out=str(work / "out"), actors=args.actors,
-                               prepare_actors=args.prepare_actors))
+    s = run_pipeline(RunConfig(manifest=str(work / "requests.jsonl"), out=str(work / "out"),
+                               resources=StageResources(actors=args.actors, prepare_actors=args.prepare_actors)))
     report = {"requests": s.counts, "windows": s.windows, "frames": s.frames, "wall_s": round(s.wall_seconds, 1),
               "first_window_s": round(s.first_window_seconds or 0, 1),
               "edit_span_s": round(s.edit_span_seconds, 1),

@@ -10,7 +10,8 @@ functions from the case's ``source_images`` and ``target_images`` and prints:
    driving poses vs ``target_poses``, which bounds it: the official alignment is an exact per-frame similarity);
 4. predicted target masks vs ``predicted_masks``: mean IoU (and the plain driving-mask baseline).
 
-Official keypoints are decoded from the pose PNGs by joint-disc colour (:func:`pipelines.render.decode_pose_image`).
+Official keypoints are decoded from the pose PNGs by joint-disc colour
+(:func:`~pipelines.conditioning.render.decode_pose_image`).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import prepare as P  # noqa: E402
-from pipelines.render import decode_pose_image  # noqa: E402
+from pipelines import conditioning as P
+from pipelines import media as M  # noqa: E402
+from pipelines.conditioning.render import decode_pose_image  # noqa: E402
 
 
 def shared_dir() -> Path:
@@ -56,9 +58,9 @@ def run_case(case: Path) -> dict:
     src = str(case / "source_images")
     drv = str(case / "target_images")
     size = (512, 512)
-    s_info, d_info = P.probe_video(src), P.probe_video(drv)
-    s_frames = P.fit_frames(P.read_frames(src, range(s_info.frames)), size)
-    d_frames = P.fit_frames(P.read_frames(drv, range(d_info.frames)), size)
+    s_info, d_info = M.probe_video(src), M.probe_video(drv)
+    s_frames = M.fit_frames(M.read_frames(src, range(s_info.frames)), size)
+    d_frames = M.fit_frames(M.read_frames(drv, range(d_info.frames)), size)
     s_track, s_masks = P.extract_poses(s_frames, fps=s_info.fps, with_masks=True)
     d_track, d_masks = P.extract_poses(d_frames, fps=d_info.fps, with_masks=True)
     transform = P.compute_alignment(s_track, d_track, source_masks=s_masks, driving_masks=d_masks)
@@ -74,7 +76,8 @@ def run_case(case: Path) -> dict:
     m3_base, _ = joint_metrics(d_track.body, ref_al)
     gt_src, gt_pred = _load(case / "source_masks", "mask"), _load(case / "predicted_masks", "mask")
     return {"case": case.name, "src_pose_px": m1, "src_vis_disagree": vis, "src_mask_iou": iou(s_masks, gt_src),
-            "driving_pose_px": drv_px, "aligned_pose_px": m3, "unaligned_pose_px": m3_base, "pred_mask_iou": iou(pred, gt_pred),
+            "driving_pose_px": drv_px, "aligned_pose_px": m3, "unaligned_pose_px": m3_base,
+            "pred_mask_iou": iou(pred, gt_pred),
             "driving_mask_iou": iou(d_masks, gt_pred)}
 
 
@@ -85,7 +88,8 @@ def main() -> int:
         print(f"fixtures not found at {root} (set MF_SHARED_DIR)")
         return 2
     rows = [run_case(c) for c in sorted(root.iterdir()) if (c / "source_images").is_dir()]
-    keys = ["src_pose_px", "src_vis_disagree", "src_mask_iou", "driving_pose_px", "aligned_pose_px", "unaligned_pose_px",
+    keys = ["src_pose_px", "src_vis_disagree", "src_mask_iou", "driving_pose_px", "aligned_pose_px",
+            "unaligned_pose_px",
             "pred_mask_iou", "driving_mask_iou"]
     print(f"{'case':8s} " + " ".join(f"{k:>17s}" for k in keys))
     for r in rows:

@@ -1,7 +1,8 @@
 """Throughput of the prepare stages (frames/s: decode, pose, masks, render) and peak RSS on a 720p input.
 
 The input is synthesised from the fixture frames (case-1 source person on a 1280x720 canvas, looped) with ffmpeg,
-then processed window by window (24 frames) through the same functions as :func:`pipelines.prepare.prepare_window`:
+then processed window by window (24 frames) through the same functions as
+:func:`pipelines.conditioning.window_inputs.prepare_window`:
 memory must stay O(window), not O(video).
 
 Memory is reported three ways: the process peak RSS (``ru_maxrss``), the peak RSS sampled during each stage (a
@@ -30,9 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import prepare as P  # noqa: E402
-from pipelines.masks import aligned_masks  # noqa: E402
-from pipelines.media import release_memory  # noqa: E402
+from pipelines import conditioning as P
+from pipelines import media as M  # noqa: E402
+from pipelines.conditioning.align import aligned_masks  # noqa: E402
+from pipelines.media.video import release_memory  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WINDOW = 24
@@ -90,13 +92,13 @@ class RssSampler:
 
 
 def synth_video(path: Path, case: Path, n: int = 300, w: int = 1280, h: int = 720) -> Path:
-    frames = P.read_frames(str(case / "source_images"), range(24))
+    frames = M.read_frames(str(case / "source_images"), range(24))
     proc = subprocess.Popen([shutil.which("ffmpeg"), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
                              "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "25", "-i", "-", "-c:v", "libx264",
                              "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)], stdin=subprocess.PIPE)
     canvas = np.full((h, w, 3), 60, np.uint8)
     for i in range(n):
-        f = P.fit_frame(frames[i % 24], (h, h))
+        f = M.fit_frame(frames[i % 24], (h, h))
         canvas[:, (w - h) // 2:(w + h) // 2] = f
         proc.stdin.write(canvas.tobytes())
     proc.stdin.close()
@@ -116,7 +118,7 @@ def run(n_frames: int, trace: bool) -> dict:
             tracemalloc.start()
         sampler = RssSampler().start()
         t: dict = {}
-        s_info, d_info = P.probe_video(src), P.probe_video(drv)
+        s_info, d_info = M.probe_video(src), M.probe_video(drv)
         n, dmap = P.driving_index_map(s_info, d_info, "loop")
         with sampler.stage("reference", {}, traced):
             transform = P.reference_alignment(src, drv, list(range(n)), dmap, 512)
@@ -124,8 +126,8 @@ def run(n_frames: int, trace: bool) -> dict:
         for start in range(0, n, WINDOW):
             ks = list(range(start, min(n, start + WINDOW)))
             with sampler.stage("decode", t, traced):
-                sf = P.read_fitted_frames(src, ks, 512, info=s_info)
-                df = P.read_fitted_frames(drv, [dmap[k] for k in ks], 512, info=d_info)
+                sf = M.read_fitted_frames(src, ks, 512, info=s_info)
+                df = M.read_fitted_frames(drv, [dmap[k] for k in ks], 512, info=d_info)
             with sampler.stage("pose", t, traced):
                 s_track, s_masks = P.extract_poses(sf, s_info.fps, ext, with_masks=True)
                 d_track, d_masks = P.extract_poses(df, d_info.fps, ext, with_masks=True)

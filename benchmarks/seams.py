@@ -2,7 +2,8 @@
 
 A smoothly moving scene is split into overlapping windows (design §5); each window gets its own perturbation —
 a brightness/colour offset, a fixed noise texture and a sub-pixel shift, as independent window edits would differ —
-and the windows are stitched with a crossfade and with a hard cut. ``seam_score`` (pipelines.stitch) ≈ 1 means the
+and the windows are stitched with a crossfade and with a hard cut. ``seam_score``
+(pipelines.windows.stitch) ≈ 1 means the
 boundaries move no more than the content inside windows.
 
     python benchmarks/seams.py [--frames 240] [--size 128] [--window 24] [--overlap 8] [--strength 12]
@@ -24,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.stitch import iter_stitched, seam_score  # noqa: E402
-from pipelines.windows import plan_windows  # noqa: E402
+from pipelines.windows.planning import plan_windows  # noqa: E402
+from pipelines.windows.stitch import iter_stitched, seam_score  # noqa: E402
 
 log = logging.getLogger("benchmarks.seams")
 
@@ -63,9 +64,9 @@ def pipeline_output_seams(out: str) -> int:
     """Seam scores of a pipeline run's requests, crossfade on and off."""
     import json
 
-    from pipelines import storage
-    from pipelines.manifest import read_results
-    from pipelines.windows import window_id
+    from pipelines.batch.results import read_results
+    from pipelines.media import storage
+    from pipelines.windows.planning import window_id
 
     rows = [r for r in read_results(storage.join(out, "results.parquet")) if r["status"] in ("succeeded", "skipped")]
     if not rows:
@@ -75,7 +76,8 @@ def pipeline_output_seams(out: str) -> int:
         params = json.loads(r["params_json"])
         params.pop("preview", None)
         wins = plan_windows(int(r["frames"]), int(params["window"]), int(params["overlap"]))
-        uris = [storage.join(out, "windows", r["request_id"], f"{window_id(r['request_id'], r['source'], w, params)}.npz")
+        uris = [storage.join(out, "windows", r["request_id"],
+                             f"{window_id(r['request_id'], r['source'], w, params)}.npz")
                 for w in wins]
         missing = [u for u in uris if not storage.exists(u)]
         if missing:

@@ -9,7 +9,7 @@ A spec::
     edit: {steps: 30, size: 512, window: 24, overlap: 8}   # request-manifest columns (docs/manifests.md)
     output: s3://mf-data/datasets/dance-pairs
     schedule: "0 3 * * *"                        # cron (UTC), for `mf dataset schedule` and the RayCronJob
-    run: {preset: tiny, actors: 1, prepare_actors: 1}     # pipeline options (pipelines.ray_pipeline.RunConfig)
+    run: {preset: tiny, actors: 1, prepare_actors: 1}     # pipeline options (the `mf retarget` run options)
 
 ``mf dataset run SPEC [--date D]`` lists both catalogs, pairs them, and keeps the pairs *not produced yet*: a pair's
 request id is deterministic (uuid5 of source, motion and the edit parameters, exactly the id ``mf retarget`` derives),
@@ -26,21 +26,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Optional
 
 import yaml
 
-from pipelines import storage
-from pipelines.manifest import (COLUMNS, ManifestError, parse_row, read_raw_rows, read_results,
-                                write_manifest)
+from pipelines.batch.requests import COLUMNS, ManifestError, parse_row, read_raw_rows, write_manifest
+from pipelines.batch.results import read_results
+from pipelines.media import storage
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Pairing:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Pipeline options of a dataset run (a subset of :class:`pipelines.ray_pipeline.RunConfig`)."""
+    """Pipeline options of a dataset run (a subset of the ``mf retarget`` run options)."""
 
     preset: str = "tiny"
     weights: Optional[str] = None
@@ -110,12 +110,6 @@ class DatasetSpec:
         return storage.join(self.output, f"{PARTITION_PREFIX}{day}")
 
 
-def _resolve(base: str, uri: str) -> str:
-    if "://" in uri or os.path.isabs(uri) or not base:
-        return uri
-    return storage.join(base, uri)
-
-
 def _catalog(where: str, value: Any, base: str) -> Catalog:
     if isinstance(value, str):
         value = [value]
@@ -124,8 +118,8 @@ def _catalog(where: str, value: Any, base: str) -> Catalog:
             raise DatasetSpecError(f"{where}: expected a URI glob, a list of globs or {{manifest: URI}}")
         one = value[0]
         if len(value) == 1 and not _GLOB_CHARS.search(one) and one.lower().endswith(_CATALOG_MANIFEST_EXT):
-            return Catalog(manifest=_resolve(base, one))
-        return Catalog(globs=tuple(_resolve(base, v) for v in value))
+            return Catalog(manifest=storage.resolve(base, one))
+        return Catalog(globs=tuple(storage.resolve(base, v) for v in value))
     if isinstance(value, Mapping):
         unknown = set(value) - {"glob", "manifest", "column"}
         if unknown:
@@ -136,13 +130,13 @@ def _catalog(where: str, value: Any, base: str) -> Catalog:
             globs = value["glob"] if isinstance(value["glob"], list) else [value["glob"]]
             if not globs or not all(isinstance(g, str) and g.strip() for g in globs):
                 raise DatasetSpecError(f"{where}.glob: expected a URI glob or a list of them")
-            return Catalog(globs=tuple(_resolve(base, g) for g in globs))
+            return Catalog(globs=tuple(storage.resolve(base, g) for g in globs))
         if not isinstance(value["manifest"], str) or not value["manifest"].strip():
             raise DatasetSpecError(f"{where}.manifest: expected a URI")
         column = value.get("column", "uri")
         if not isinstance(column, str):
             raise DatasetSpecError(f"{where}.column: expected a column name")
-        return Catalog(manifest=_resolve(base, value["manifest"]), column=column)
+        return Catalog(manifest=storage.resolve(base, value["manifest"]), column=column)
     raise DatasetSpecError(f"{where}: expected a URI glob, a list of globs or a mapping, got {type(value).__name__}")
 
 
@@ -166,7 +160,7 @@ def parse_spec(doc: Any, uri: str = "<spec>") -> DatasetSpec:
     base = storage.parent(uri) if uri and not uri.startswith("<") else ""
     if not isinstance(doc["output"], str):
         raise DatasetSpecError(f"{uri}: field 'output': expected a URI")
-    output = _resolve(base, doc["output"]).rstrip("/")
+    output = storage.resolve(base, doc["output"]).rstrip("/")
     name = doc.get("name") or storage.basename(output)
     if not isinstance(name, str):
         raise DatasetSpecError(f"{uri}: field 'name': expected a string")
@@ -255,7 +249,7 @@ def list_catalog(cat: Catalog, where: str = "catalog") -> list[str]:
                                        f"(columns: {cols})")
             values = [str(r[cat.column]).strip() for r in rows if r.get(cat.column) not in (None, "")]
         base = storage.parent(cat.manifest)
-        out |= {_resolve(base, v) for v in values}
+        out |= {storage.resolve(base, v) for v in values}
     for pattern in cat.globs:
         fs, path = storage.open_fs(pattern)
         local = storage.is_local(pattern)
@@ -266,7 +260,7 @@ def list_catalog(cat: Catalog, where: str = "catalog") -> list[str]:
 
 
 def _rank(seed: int, source: str, motion: str) -> str:
-    return hashlib.sha256(f"{seed}|{source}|{motion}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}|{source}|{motion}".encode()).hexdigest()
 
 
 def pair(sources: list[str], motions: list[str], pairing: Pairing) -> list[tuple[str, str]]:
@@ -390,15 +384,18 @@ def run_dataset(spec: DatasetSpec, day: Optional[str] = None, *, address: Option
     req_uri = storage.join(info.partition, REQUESTS_NAME)
     write_manifest(rows, req_uri)
 
-    from pipelines.ray_pipeline import RunConfig, run_pipeline
+    from jobs.runtime import connect_ray, gpus_per_actor
+    from pipelines.batch.config import ModelSpec, ProcessingOptions, RunConfig, StageResources
+    from pipelines.batch.driver import run_pipeline
 
-    gpus_per_actor = _ensure_ray(address, num_cpus, spec.run.gpus_per_actor)
-    device = "cuda" if gpus_per_actor > 0 else "cpu"
-    cfg = RunConfig(manifest=req_uri, out=info.partition, weights=spec.run.weights, preset=spec.run.preset,
-                    dtype=spec.run.dtype or ("fp16" if device == "cuda" else "fp32"), device=device,
-                    actors=spec.run.actors, gpus_per_actor=gpus_per_actor, prepare_actors=spec.run.prepare_actors,
-                    max_retries=spec.run.max_retries, crossfade=spec.run.crossfade,
-                    pose_backend=spec.run.pose_backend, results_name=RESULTS_NAME)
+    connect_ray(address, num_cpus=num_cpus)
+    o = spec.run
+    gpus = gpus_per_actor(o.gpus_per_actor)
+    cfg = RunConfig(manifest=req_uri, out=info.partition, results_name=RESULTS_NAME,
+                    model=ModelSpec.for_gpus(gpus, weights=o.weights, preset=o.preset, dtype=o.dtype),
+                    resources=StageResources(actors=o.actors, gpus_per_actor=gpus, prepare_actors=o.prepare_actors),
+                    processing=ProcessingOptions(max_retries=o.max_retries, crossfade=o.crossfade,
+                                                 pose_backend=o.pose_backend))
     summary = run_pipeline(cfg, metrics=metrics, progress=progress)
     info.ran_pipeline = True
     new_ids = set(info.new_ids)
@@ -415,21 +412,6 @@ def _count(it) -> dict[str, int]:
     for v in it:
         out[v] = out.get(v, 0) + 1
     return out
-
-
-def _ensure_ray(address: Optional[str], num_cpus: Optional[int], gpus_per_actor: Optional[float]) -> float:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=num_cpus)
-    if gpus_per_actor is not None:
-        return float(gpus_per_actor)
-    return 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
 
 
 # ------------------------------------------------------------------------------------------------------ schedule

@@ -16,9 +16,10 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TextIO
+from typing import Optional, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def default_address() -> Optional[str]:
     return os.environ.get("MF_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
 
 
-def _normalise(address: str) -> str:
+def normalise_address(address: str) -> str:
     address = address.strip().rstrip("/")
     if "://" not in address:
         address = "http://" + address
@@ -64,7 +65,7 @@ def make_client(address: Optional[str], token: Optional[str] = None, verify: boo
     address = address or default_address()
     if not address:
         raise SubmitError("no cluster address: pass --address http://HEAD:8265 (or set RAY_ADDRESS)", 2)
-    address = _normalise(address)
+    address = normalise_address(address)
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -76,7 +77,6 @@ def make_client(address: Optional[str], token: Optional[str] = None, verify: boo
 def classify(exc: BaseException, address: str) -> SubmitError:
     """Turn a client exception into a :class:`SubmitError` that says what went wrong."""
     import requests
-
     from ray.exceptions import AuthenticationError
 
     mode = os.environ.get("RAY_AUTH_MODE", "<unset>")
@@ -235,7 +235,7 @@ def run_submit(address: Optional[str], req: SubmitRequest, *, token: Optional[st
                out: TextIO = sys.stdout, timeout_s: Optional[float] = None) -> int:
     """``mf submit``: submit, print the id, optionally follow to the end; returns the exit code."""
     client = make_client(address, token)
-    address = _normalise(address or default_address() or "")
+    address = normalise_address(address or default_address() or "")
     job_id = submit(client, address, req)
     print(f"submitted job {job_id} to {address}", file=out, flush=True)
     if not follow_logs:

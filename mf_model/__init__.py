@@ -8,7 +8,7 @@ Public API::
     result = model.edit(EditWindow(...), EditOptions(steps=50, cfg=3.5, camera=False))
     result.frames  # (F, H, W, 3) uint8
 """
-from mf_model.config import ModelConfig, PRESETS, preset
+from mf_model.config import PRESETS, ModelConfig, preset
 from mf_model.loading import CoverageReport, WeightsError
 from mf_model.model import MotionFollower, load_model, parse_dtype
 from mf_model.noise import ArrayNoise, FrameIndexedNoise, NoiseProvider, SequentialNoise

@@ -33,7 +33,7 @@ class UNetConfig:
     motion_module: MotionModuleConfig = field(default_factory=MotionModuleConfig)
 
     @classmethod
-    def from_diffusers(cls, cfg: dict[str, Any], motion: Optional[dict[str, Any]] = None) -> "UNetConfig":
+    def from_diffusers(cls, cfg: dict[str, Any], motion: Optional[dict[str, Any]] = None) -> UNetConfig:
         """Build from a 2-D SD UNet ``config.json`` plus the official ``motion_module_kwargs``."""
         unsupported = []
         if cfg.get("use_linear_projection"):
@@ -112,7 +112,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         u = dict(d["unet"])
         mm = MotionModuleConfig(**{**u.pop("motion_module"), })
         mm.attention_block_types = tuple(mm.attention_block_types)

@@ -5,7 +5,8 @@ import hashlib
 import json
 import logging
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 import torch
@@ -115,14 +116,14 @@ class MotionFollower:
     def estimator_mode(self) -> str:
         return "shared" if self.estimator is self.unet else "official"
 
-    def to(self, device=None, dtype=None) -> "MotionFollower":
+    def to(self, device=None, dtype=None) -> MotionFollower:
         for m in self.modules():
             torch.nn.Module.to(m, device=device, dtype=dtype)  # plain module cast (no diffusers dtype warnings)
         return self
 
     @classmethod
     def random(cls, config: ModelConfig | str = "tiny", seed: int = 0, estimator: str = "shared",
-               device="cpu", dtype="fp32") -> "MotionFollower":
+               device="cpu", dtype="fp32") -> MotionFollower:
         """A model with seeded random weights (the bundled demo model, tests, benchmarks).
 
         Small configs use PyTorch's default initialisers; large ones (sd15) are built on the meta device and filled
@@ -150,7 +151,7 @@ class MotionFollower:
 
     @classmethod
     def _random_large(cls, config: ModelConfig, seed: int, estimator: str, device: torch.device,
-                      dtype: torch.dtype) -> "MotionFollower":
+                      dtype: torch.dtype) -> MotionFollower:
         gen = torch.Generator(device=device).manual_seed(seed)
 
         def unet_on_device():
@@ -183,7 +184,7 @@ class MotionFollower:
         return model.to(device=device, dtype=dtype)
 
     @classmethod
-    def from_official(cls, uri: str, estimator: str = "shared", device="cpu", dtype="fp32") -> "MotionFollower":
+    def from_official(cls, uri: str, estimator: str = "shared", device="cpu", dtype="fp32") -> MotionFollower:
         """Load the official release layout (or an official-style YAML) with strict coverage checks."""
         if estimator not in ESTIMATOR_MODES:
             raise ValueError(f"estimator must be one of {ESTIMATOR_MODES}, got {estimator!r}")
@@ -257,7 +258,7 @@ class MotionFollower:
             json.dump(meta, fh, indent=1)
 
     @classmethod
-    def from_mf(cls, uri: str, device="cpu", dtype="fp32") -> "MotionFollower":
+    def from_mf(cls, uri: str, device="cpu", dtype="fp32") -> MotionFollower:
         meta = loading.read_json(loading._join(uri, loading.MF_CONFIG))
         config = ModelConfig.from_dict(meta["config"])
         unet = UNet3DConditionModel(config.unet)

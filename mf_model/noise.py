@@ -12,7 +12,8 @@ The sampler asks for the initial latent once and for one SDE noise tensor at eac
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 

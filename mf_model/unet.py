@@ -3,7 +3,8 @@ ReCtr injection. The same class serves as the score estimator (``forward_feature
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -12,8 +13,15 @@ from torch.utils.checkpoint import checkpoint
 from mf_model.camera import CameraHook
 from mf_model.config import UNetConfig
 from mf_model.controllers import AppearanceAdapter
-from mf_model.layers import (Downsample3D, InflatedConv3d, InflatedGroupNorm, ResnetBlock3D, TimestepEmbedding,
-                             Upsample3D, timestep_embedding)
+from mf_model.layers import (
+    Downsample3D,
+    InflatedConv3d,
+    InflatedGroupNorm,
+    ResnetBlock3D,
+    TimestepEmbedding,
+    Upsample3D,
+    timestep_embedding,
+)
 from mf_model.transformer import Transformer3DModel, VanillaTemporalModule
 
 log = logging.getLogger(__name__)

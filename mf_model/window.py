@@ -1,8 +1,9 @@
 """The unit of work of the model: one window of at most 32 frames, ready-made conditions."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 

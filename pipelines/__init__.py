@@ -1,4 +1,7 @@
-"""Media I/O, poses, masks, windows, stitching, and the Ray Data stages of the batch pipeline.
+"""MotionFollower as a batch video pipeline, in four layers (imports point downwards only; import-linter checks it):
 
-Modules are imported explicitly (``from pipelines import windows``); this package imports nothing heavy on its own.
+- :mod:`pipelines.batch` — manifests, run config, stage functions, Ray stages and driver, single-request path, metrics
+- :mod:`pipelines.windows` — window planning, ids, stitching
+- :mod:`pipelines.conditioning` — poses, alignment, masks, renders, per-window model inputs, ``mf prepare`` layout
+- :mod:`pipelines.media` — probe, decode, geometry, encode, storage, input errors
 """

@@ -1,12 +1,7 @@
-"""One module per `mf` sub-command group. Each defines ``register(subparsers)``.
-
-Modules listed in ``COMMAND_MODULES`` are imported lazily by :mod:`jobs.cli`, so a
-missing optional dependency of one command never breaks the others.
-"""
+"""One module per `mf` sub-command group. Each defines ``register(subparsers)``; :mod:`jobs.cli` imports them all."""
 
 COMMAND_MODULES = [
     "jobs.commands.weights",
-    "jobs.commands.edit",
     "jobs.commands.prepare",
     "jobs.commands.retarget",
     "jobs.commands.demo",

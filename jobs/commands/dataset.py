@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _metrics(args: argparse.Namespace):
-    from pipelines.metrics import PipelineMetrics, start_metrics_server
+    from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
 
     metrics = PipelineMetrics()
     if args.metrics_port is not None:

@@ -27,8 +27,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from pipelines.errors import InputError
-    from pipelines.prepare import prepare
+    from pipelines.conditioning.layout import prepare
+    from pipelines.media.errors import InputError
 
     bar = tqdm(desc="prepare", unit="frame", disable=None)
     try:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
@@ -17,7 +16,8 @@ def register(sub) -> None:
                                    "environment variables.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--root", default=None, help="storage root URI for uploads and results (MF_SERVE_ROOT)")
     p.add_argument("--weights", default=None, help="model weights (MF_SERVE_WEIGHTS); default: the tiny preset")
     p.add_argument("--queue", type=int, default=None, help="edits queued or running at once (MF_SERVE_QUEUE)")
@@ -27,23 +27,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
     from ray import serve
 
+    from jobs.runtime import connect_ray
     from jobs.serve import ServeConfig, build_app
 
-    cfg = ServeConfig.from_env()
-    for attr, val in (("root", args.root), ("weights", args.weights), ("queue_size", args.queue),
-                      ("replicas", args.replicas), ("gpus_per_replica", args.gpus_per_replica)):
-        if val is not None:
-            setattr(cfg, attr, val)
+    overrides = {"root": args.root, "weights": args.weights, "queue_size": args.queue, "replicas": args.replicas,
+                 "gpus_per_replica": args.gpus_per_replica}
+    cfg = ServeConfig.from_env(**{k: v for k, v in overrides.items() if v is not None})
     app = build_app(cfg)
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    connect_ray(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="mf", route_prefix="/")
     print(f"serving on http://{args.host}:{args.port} (storage {cfg.root}); Ctrl-C stops", flush=True)

@@ -7,10 +7,38 @@ import sys
 
 log = logging.getLogger("mf.submit")
 
-# `mf retarget` options passed through to the job's entrypoint (name, takes a value)
-PASSTHROUGH = [("--model", True), ("--preset", True), ("--dtype", True), ("--gpus-per-actor", True),
-               ("--actors", True), ("--prepare-actors", True), ("--max-retries", True), ("--no-crossfade", False),
-               ("--pose-backend", True), ("--metrics-port", True)]
+
+
+def _retarget_options() -> list[argparse.Action]:
+    """The run options of ``mf retarget`` (its own parser's actions), minus those local to one process."""
+    from jobs.commands.retarget import LOCAL_ONLY, add_run_options
+
+    p = argparse.ArgumentParser(add_help=False)
+    add_run_options(p)
+    return [a for a in p._actions if a.option_strings and a.dest not in LOCAL_ONLY]
+
+
+def _add_forwarded(p: argparse.ArgumentParser) -> None:
+    """The retarget options on the submit parser, with no defaults: only what the user gives is forwarded."""
+    for a in _retarget_options():
+        kind = ({"action": "store_true"} if isinstance(a, argparse._StoreTrueAction)
+                else {"type": a.type, "choices": a.choices, "metavar": a.metavar})
+        p.add_argument(*a.option_strings, dest=a.dest, default=argparse.SUPPRESS,
+                       help=f"passed to `mf retarget`: {a.help}", **kind)
+
+
+def forwarded_args(args: argparse.Namespace) -> list[str]:
+    """The ``mf retarget`` argv for the retarget options given to ``mf submit``."""
+    argv: list[str] = []
+    for a in _retarget_options():
+        if not hasattr(args, a.dest):
+            continue
+        value = getattr(args, a.dest)
+        if isinstance(a, argparse._StoreTrueAction):
+            argv += [a.option_strings[0]] if value else []
+        else:
+            argv += [a.option_strings[0], str(value)]
+    return argv
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
@@ -35,11 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--entrypoint-num-cpus", type=float, default=None, help="CPUs reserved for the driver")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="env var for the job (repeat)")
     p.add_argument("--timeout", type=float, default=None, help="with --follow: give up after this many seconds")
-    for name, takes_value in PASSTHROUGH:
-        if takes_value:
-            p.add_argument(name, default=None, help=f"passed to `mf retarget {name}`")
-        else:
-            p.add_argument(name, action="store_true", help=f"passed to `mf retarget {name}`")
+    _add_forwarded(p)
     p.set_defaults(func=run_submit)
 
     j = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
@@ -72,15 +96,10 @@ def _handled(fn):
 
 @_handled
 def run_submit(args: argparse.Namespace) -> int:
-    from jobs.submit import SubmitError, SubmitRequest, run_submit as _run
+    from jobs.submit import SubmitError, SubmitRequest
+    from jobs.submit import run_submit as _run
 
-    passthrough: list[str] = []
-    for name, takes_value in PASSTHROUGH:
-        v = getattr(args, name.lstrip("-").replace("-", "_"))
-        if takes_value and v is not None:
-            passthrough += [name, str(v)]
-        elif not takes_value and v:
-            passthrough.append(name)
+    passthrough = forwarded_args(args)
     env = {}
     for kv in args.env:
         if "=" not in kv:
@@ -98,7 +117,7 @@ def run_jobs(args: argparse.Namespace) -> int:
     from jobs import submit as S
 
     client = S.make_client(args.address, args.token)
-    address = S._normalise(args.address or S.default_address() or "")
+    address = S.normalise_address(args.address or S.default_address() or "")
     if args.action == "list":
         for info in S.list_jobs(client, address):
             st = getattr(info.status, "value", info.status)

@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipelines.encode import VideoWriter
-from pipelines.media import read_frames
+from pipelines.media.encode import VideoWriter
+from pipelines.media.video import read_frames
 
 # (case, folder) of the fixture frame folders that show one person
 CLIPS = {

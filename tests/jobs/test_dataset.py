@@ -15,10 +15,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.dataset import (DatasetRun, DatasetSpecError, Pairing, Scheduler, list_catalog, load_spec, pair,
-                          parse_spec, plan_run, run_dataset)
-from pipelines.manifest import read_raw_rows, read_results
-from pipelines.metrics import PipelineMetrics, start_metrics_server
+from jobs.dataset import (
+    DatasetRun,
+    DatasetSpecError,
+    Pairing,
+    Scheduler,
+    list_catalog,
+    load_spec,
+    pair,
+    parse_spec,
+    plan_run,
+    run_dataset,
+)
+from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
+from pipelines.batch.requests import read_raw_rows
+from pipelines.batch.results import read_results
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
 from tests.jobs.test_infra import dashboard_metric_names
 
@@ -91,7 +102,7 @@ def test_pairing_is_deterministic_and_stable_when_catalogs_grow():
     # one more motion: a source's picks change only where the new motion ranks into its top k
     c = pair(srcs, mots + ["m_new"], rnd)
     changed = {s for s, _ in set(a) ^ set(c)}
-    assert all(("%s" % s, "m_new") in c for s in changed)
+    assert all((str(s), "m_new") in c for s in changed)
 
 
 def test_scheduler_runs_on_cron_ticks_and_stops():
@@ -199,7 +210,7 @@ def test_dataset_runs_are_idempotent_and_add_exactly_new_pairs(tmp_path, fixture
 
     # run 2, same date: nothing new, nothing written, no pipeline
     before = {p: p.stat().st_mtime_ns for p in part.rglob("*") if p.is_file()}
-    import pipelines.ray_pipeline as rp
+    import pipelines.batch.driver as rp
     monkeypatch.setattr(rp, "run_pipeline", lambda *a, **k: pytest.fail("a no-op run started the pipeline"))
     t0 = time.perf_counter()
     r2 = run_dataset(spec, "2026-05-01")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import re
 import shlex
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from jobs.cli import build_parser
-from pipelines.metrics import PipelineMetrics
+from pipelines.batch.metrics import PipelineMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -100,15 +101,7 @@ def test_kuberay_manifests(name: str, kind: str):
         apps = serve["applications"]
         assert apps, f"{name}: no Serve applications"
         for app in apps:
-            module, _, attr = app["import_path"].partition(":")
-            assert attr, f"{name}: import_path {app['import_path']!r} must be module:attribute"
-            assert module == "jobs.serve" and _module_exists("jobs") and (REPO / "jobs").is_dir()
-            serve_py = REPO / "jobs" / "serve.py"
-            if serve_py.is_file():  # the Serve app exists: the deployments configured here are its deployments
-                text = serve_py.read_text()
-                assert re.search(rf"^{attr}\b|def __getattr__", text, re.M), f"jobs.serve has no {attr}"
-                for d in app.get("deployments", []):
-                    assert f'name="{d["name"]}"' in text, f"{name}: jobs.serve has no deployment {d['name']}"
+            _check_serve_app(app, name)
         cluster = spec["rayClusterConfig"]
     assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
     gpu_groups = [g for g in cluster["workerGroupSpecs"]
@@ -120,6 +113,28 @@ def test_kuberay_manifests(name: str, kind: str):
     for c in _containers(cluster):
         env = {e["name"]: e for e in c.get("env", [])}
         assert "RAY_AUTH_MODE" in env, f"{name}: container {c['name']} does not set RAY_AUTH_MODE"
+
+
+def _check_serve_app(app: dict, where: str) -> None:
+    """The import path is the app builder of jobs.serve, the configured deployments are its deployments, and its
+    ``args`` plus the containers' MF_SERVE_TOKENS build the application (as Serve does on the cluster)."""
+    from ray import serve
+
+    module, _, attr = app["import_path"].partition(":")
+    assert attr, f"{where}: import_path {app['import_path']!r} must be module:attribute"
+    assert module == "jobs.serve"
+    mod = importlib.import_module(module)
+    builder = getattr(mod, attr, None)
+    assert callable(builder) and len(inspect.signature(builder).parameters) == 1, \
+        f"{where}: jobs.serve:{attr} is no application builder (one parameter, the args)"
+    names = {d.name for d in vars(mod).values() if isinstance(d, serve.Deployment)}
+    for d in app.get("deployments", []):
+        assert d["name"] in names, f"{where}: jobs.serve has no deployment {d['name']} ({sorted(names)})"
+    env = app.get("runtime_env", {}).get("env_vars", {})
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {**env, "MF_SERVE_TOKENS": "token-from-the-secret"}.items():
+            mp.setenv(k, str(v))
+        assert isinstance(builder(app.get("args", {})), serve.Application), f"{where}: {attr} built no application"
 
 
 def _containers(cluster: dict) -> list[dict]:

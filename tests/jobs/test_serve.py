@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from jobs.serve import ServeConfig, build_app
-from pipelines.encode import probe_output
+from jobs.serve import ServeConfig, app_builder, build_app
+from pipelines.media.encode import probe_output
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
 
 TOKEN_A, TOKEN_B = "token-a-" + "x" * 24, "token-b-" + "y" * 24
@@ -74,6 +74,26 @@ def _wait(base, edit_id, token=TOKEN_A, timeout=300):
             return st
         time.sleep(0.5)
     raise AssertionError(f"edit {edit_id} did not finish: {st}")
+
+
+def test_config_from_env_and_builder_args(monkeypatch):
+    env = {"MF_SERVE_TOKENS": "a, b,", "MF_SERVE_MAX_UPLOAD_MB": "1.5", "MF_SERVE_QUEUE": "3", "MF_SERVE_WEIGHTS": "",
+           "MF_SERVE_DEFAULTS": '{"steps": 5}', "MF_SERVE_ALLOWED_PREFIXES": "s3://b/x/"}
+    cfg = ServeConfig.from_env(env, queue_size=2, allowed_prefixes="s3://b/x/, s3://b/y/")
+    assert cfg.tokens == ("a", "b") and cfg.max_upload_bytes == int(1.5 * 2**20) and cfg.weights is None
+    assert cfg.queue_size == 2 and cfg.allowed_prefixes == ("s3://b/x/", "s3://b/y/") and cfg.defaults == {"steps": 5}
+    assert ServeConfig.from_env({"MF_SERVE_TOKEN": "c"}).tokens == ("c",)
+    assert ServeConfig.from_env({}) == ServeConfig()
+    with pytest.raises(ValueError, match="queue"):
+        ServeConfig.from_env({}, queue=3)  # not a field
+    with pytest.raises(ValueError, match="max_side"):
+        ServeConfig.from_env({"MF_SERVE_MAX_SIDE": "big"})
+    with pytest.raises(ValueError, match="MF_SERVE_TOKENS"):
+        build_app(ServeConfig())
+    from ray import serve
+
+    monkeypatch.setenv("MF_SERVE_TOKENS", "t")  # the RayService path: args over the environment
+    assert isinstance(app_builder({"replicas": 2, "gpus_per_replica": 0}), serve.Application)
 
 
 def test_full_flow_upload_poll_download(server, media, tmp_path):

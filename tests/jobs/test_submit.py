@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from jobs.submit import EXIT_AUTH, EXIT_UNREACHABLE, SubmitRequest, classify
-from pipelines.manifest import read_results, write_manifest
+from pipelines.batch.requests import write_manifest
+from pipelines.batch.results import read_results
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +85,8 @@ def ray_head():
          # and a head whose job agent cannot bind its port never accepts a job ("No available agent")
          "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
          "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
-         "--ray-client-server-port", str(_free_port()), "--num-cpus", "4", "--object-store-memory", str(512 * 1024 * 1024),
+         "--ray-client-server-port", str(_free_port()), "--num-cpus", "4",
+         "--object-store-memory", str(512 * 1024 * 1024),
          "--temp-dir", tmp, "--include-dashboard", "true", "--disable-usage-stats"],
         env=_env(), stdout=open(os.path.join(tmp, "ray-start.log"), "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -97,7 +99,7 @@ def ray_head():
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray start failed: {Path(tmp, 'ray-start.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"ray start failed: {Path(tmp, 'ray-start.log').read_text()[-2000:]}") from None
                 time.sleep(1)
         print(f"\nFIGURES ray start --head: {time.time() - t0:.1f}s")
         yield address

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mf_model import EditOptions, EditWindow, WeightsError, WindowError, load_model
+from mf_model import EditOptions, WeightsError, WindowError, load_model
 from mf_model.loading import load_state_dict
 from tests.mf_model.helpers import box_window
 

@@ -28,7 +28,8 @@ def test_sd15_keys_and_shapes_match_official(golden_case):
     for module in ("denoising_unet", "estimator"):
         expected = _tsv(golden_case, module)
         assert len(expected) == 1312
-        assert set(ours) == set(expected), (sorted(set(expected) - set(ours))[:5], sorted(set(ours) - set(expected))[:5])
+        missing, extra = sorted(set(expected) - set(ours))[:5], sorted(set(ours) - set(expected))[:5]
+        assert set(ours) == set(expected), (missing, extra)
         bad = [k for k in expected if ours[k] != expected[k]]
         assert not bad, [(k, ours[k], expected[k]) for k in bad[:5]]
     assert _ours(pg) == _tsv(golden_case, "pose_guider")

@@ -9,9 +9,10 @@ import ffmpeg
 import numpy as np
 import pytest
 
-from pipelines import storage
-from pipelines.encode import EncodeError, VideoWriter, faststart, probe_output, to_fraction
-from pipelines.stitch import (
+from pipelines.media import storage
+from pipelines.media.encode import EncodeError, VideoWriter, faststart, probe_output, to_fraction
+from pipelines.windows.planning import crossfade_weights, plan_windows
+from pipelines.windows.stitch import (
     SeamMeter,
     StitchError,
     iter_stitched,
@@ -20,7 +21,6 @@ from pipelines.stitch import (
     side_by_side,
     stitch_to_writer,
 )
-from pipelines.windows import crossfade_weights, plan_windows
 
 
 def _lavfi_video(path: Path, rate: str, seconds: float, audio_seconds: float | None, size: str = "64x48") -> str:

@@ -7,17 +7,9 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import storage
-from pipelines.manifest import (
-    RESULT_SCHEMA,
-    ManifestError,
-    ResultRow,
-    read_manifest,
-    read_results,
-    results_table,
-    write_manifest,
-    write_results,
-)
+from pipelines.batch.requests import ManifestError, read_manifest, write_manifest
+from pipelines.batch.results import RESULT_SCHEMA, ResultRow, read_results, results_table, write_results
+from pipelines.media import storage
 
 ROWS = [
     {"source": "s3://b/a.mp4", "driving": "s3://b/d.mp4"},

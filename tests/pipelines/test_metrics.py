@@ -4,7 +4,7 @@ import urllib.request
 
 import pytest
 
-from pipelines.metrics import PipelineMetrics, default_metrics, start_metrics_server
+from pipelines.batch.metrics import PipelineMetrics, default_metrics, start_metrics_server
 
 NAMES = ["mf_requests_total", "mf_windows_total", "mf_frames_total", "mf_stage_seconds", "mf_edit_seconds",
          "mf_actor_busy_seconds_total", "mf_queue_depth", "mf_gpu_memory_peak_bytes", "mf_frames_per_second"]

@@ -9,9 +9,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
-from pipelines.errors import InputError  # noqa: E402
-from pipelines.poses.base import get_extractor  # noqa: E402
-from pipelines.poses.dwpose_backend import DWPoseExtractor, wholebody_to_openpose  # noqa: E402
+from pipelines.conditioning.poses import get_extractor  # noqa: E402
+from pipelines.conditioning.poses.dwpose_backend import DWPoseExtractor, wholebody_to_openpose  # noqa: E402
+from pipelines.media.errors import InputError  # noqa: E402
 
 
 def _const_model(path, in_name, in_shape, outputs: dict):
@@ -129,15 +129,15 @@ def test_official_alignment_rule_on_fixtures(fixture_cases):
     bottom-centre by the silhouette-height ratio: check our rule on the official masks/poses (< 2 px)."""
     from PIL import Image
 
-    from pipelines.align import silhouette_similarity
-    from pipelines.render import decode_pose_image
+    from pipelines.conditioning.align import silhouette_similarity
+    from pipelines.conditioning.render import decode_pose_image
 
     case = fixture_cases / "case-1"
     if not case.is_dir():
         pytest.skip("fixtures not available")
     errs = []
     for i in (0, 9, 17):
-        load = lambda d, c: np.asarray(Image.open(case / d / f"frame_{i}.png").convert(c))  # noqa: E731
+        load = lambda d, c, i=i: np.asarray(Image.open(case / d / f"frame_{i}.png").convert(c))  # noqa: E731
         s, fx, fy = silhouette_similarity(load("source_masks", "L"), load("target_masks", "L"))
         t, a = decode_pose_image(load("target_poses", "RGB")), decode_pose_image(load("target_aligned_poses", "RGB"))
         ok = (t[:, 2] > 0) & (a[:, 2] > 0)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.errors import InputError
-from pipelines import prepare as P
+from pipelines import conditioning as P
+from pipelines import media as M
+from pipelines.media.errors import InputError
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg binary not installed")
@@ -29,7 +30,7 @@ def _encode(frames: np.ndarray, path: Path, fps: int = 8, extra=("-c:v", "libx26
 
 
 def _case_frames(fixture_cases: Path, case: str, folder: str, n: int) -> np.ndarray:
-    return P.read_frames(str(fixture_cases / case / folder), range(n))
+    return M.read_frames(str(fixture_cases / case / folder), range(n))
 
 
 @pytest.fixture(scope="module")
@@ -39,40 +40,40 @@ def person_video(tmp_path_factory, fixture_cases) -> Path:
 
 
 def test_probe_and_read_chunks(person_video):
-    info = P.probe_video(str(person_video))
+    info = M.probe_video(str(person_video))
     assert (info.frames, info.width, info.height) == (12, 512, 512)
     assert info.fps == pytest.approx(8.0)
     assert info.has_audio is False
-    a = P.read_frames(str(person_video), [0, 5, 11], chunk=2)
+    a = M.read_frames(str(person_video), [0, 5, 11], chunk=2)
     assert a.shape == (3, 512, 512, 3) and a.dtype == np.uint8
     with pytest.raises(InputError, match="out of range"):
-        P.read_frames(str(person_video), [12])
+        M.read_frames(str(person_video), [12])
 
 
 def test_frames_folder_is_a_video(fixture_cases):
-    info = P.probe_video(str(fixture_cases / "case-6" / "source_images"), fps=10)
+    info = M.probe_video(str(fixture_cases / "case-6" / "source_images"), fps=10)
     assert info.kind == "folder" and info.frames == 24 and info.fps == 10
-    assert P.read_frames(info.uri, [23, 0], info=info).shape == (2, 512, 512, 3)
+    assert M.read_frames(info.uri, [23, 0], info=info).shape == (2, 512, 512, 3)
 
 
 def test_fit_frame_pad_and_crop():
     img = np.full((100, 200, 3), 200, np.uint8)
-    pad = P.fit_frame(img, (64, 64), "pad")
+    pad = M.fit_frame(img, (64, 64), "pad")
     assert pad.shape == (64, 64, 3) and pad[0, 32].sum() == 0 and pad[32, 32].sum() > 0
-    crop = P.fit_frame(img, (64, 64), "crop")
+    crop = M.fit_frame(img, (64, 64), "crop")
     assert crop.shape == (64, 64, 3) and crop.min() > 0
 
 
 def test_driving_index_map_policies():
-    src = P.VideoInfo("s", frames=10, fps=10.0, width=8, height=8)
-    drv = P.VideoInfo("d", frames=10, fps=20.0, width=8, height=8)  # twice the rate: 5 output frames
+    src = M.VideoInfo("s", frames=10, fps=10.0, width=8, height=8)
+    drv = M.VideoInfo("d", frames=10, fps=20.0, width=8, height=8)  # twice the rate: 5 output frames
     n, m = P.driving_index_map(src, drv, "trim")
     assert n == 5 and m == [0, 2, 4, 6, 8]
     n, m = P.driving_index_map(src, drv, "hold")
     assert n == 10 and m[5:] == [9] * 5
     n, m = P.driving_index_map(src, drv, "loop")
     assert n == 10 and m[5:] == [0, 2, 4, 6, 8]
-    n, m = P.driving_index_map(src, P.VideoInfo("d", 30, 5.0, 8, 8), "trim", frames=4)
+    n, m = P.driving_index_map(src, M.VideoInfo("d", 30, 5.0, 8, 8), "trim", frames=4)
     assert n == 4 and m == [0, 1, 1, 2]
 
 
@@ -98,7 +99,7 @@ def test_bad_inputs_each_get_one_clear_error(tmp_path, person_video):
     cases["one-frame"] = (tmp_path / "one.mp4", "single frame")
     for name, (path, reason) in cases.items():
         with pytest.raises(InputError) as ei:
-            P.probe_video(str(path))
+            M.probe_video(str(path))
         msg = str(ei.value)
         assert str(path) in msg and reason in msg, (name, msg)
         assert isinstance(ei.value, ValueError)
@@ -114,7 +115,7 @@ def test_av1_is_refused_clearly(tmp_path):
     extra = ["-c:v", codec] + (["-cpu-used", "8"] if codec == "libaom-av1" else [])
     _ffmpeg("-f", "lavfi", "-i", "testsrc=s=64x64:d=0.5:r=8", *extra, str(path))
     with pytest.raises(InputError, match="AV1") as ei:
-        P.probe_video(str(path))
+        M.probe_video(str(path))
     assert str(path) in str(ei.value)
 
 
@@ -152,7 +153,7 @@ def test_person_leaving_frame_still_prepares_with_flags(tmp_path, fixture_cases,
 
 def test_prepare_window_shapes_and_pose_track_driving(tmp_path, fixture_cases, person_video):
     src = str(fixture_cases / "case-1" / "source_images")
-    s_info = P.probe_video(src)
+    s_info = M.probe_video(src)
     transform = P.reference_alignment(src, str(person_video), size=256)
     import json
 

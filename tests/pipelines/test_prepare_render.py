@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import prepare as P
-from pipelines.align import apply_alignment, compute_alignment
-from pipelines.render import decode_pose_image, official_joint_colors, render_pose
+from pipelines import conditioning as P
+from pipelines import media as M
+from pipelines.conditioning.align import apply_alignment, compute_alignment
+from pipelines.conditioning.render import decode_pose_image, official_joint_colors, render_pose
 
 
 def _png(path) -> np.ndarray:
@@ -69,7 +70,7 @@ def test_pose_track_json_round_trip(tmp_path):
     np.testing.assert_allclose(back.body, t.body, atol=1e-3)
     assert back.size == (90, 160) and back.fps == 12.5 and list(back.flags) == [0, 1, 2, 0, 0]
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(P.InputError, match="bad.json"):
+    with pytest.raises(M.InputError, match="bad.json"):
         P.read_pose_track(str(tmp_path / "bad.json"))
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import prepare as P
-from pipelines.poses import mediapipe_backend as MB
-from pipelines.poses.keypoints import FLAG_INTERPOLATED, FLAG_MISSING, PoseTrack
-from pipelines.poses.tracking import choose_person, fill_gaps, smooth
-from pipelines.render import decode_pose_image
+from pipelines import conditioning as P
+from pipelines import media as M
+from pipelines.conditioning.poses import mediapipe_backend as MB
+from pipelines.conditioning.poses.keypoints import FLAG_INTERPOLATED, FLAG_MISSING, PoseTrack
+from pipelines.conditioning.poses.tracking import choose_person, fill_gaps, smooth
+from pipelines.conditioning.render import decode_pose_image
 
 
 def _person(cx: float, cy: float, scale: float, score: float = 0.9) -> np.ndarray:
@@ -124,7 +125,7 @@ def test_ears_move_outward_along_eye_to_ear():
 
 
 def test_reset_keeps_the_graph_and_forgets_the_track(fixture_cases):
-    frames = P.read_frames(str(fixture_cases / "case-6" / "source_images"), range(3))
+    frames = M.read_frames(str(fixture_cases / "case-6" / "source_images"), range(3))
     ext = MB.MediaPipeExtractor(mirror=False)
     try:
         a = ext.extract(frames)[0]
@@ -140,13 +141,13 @@ def test_reset_keeps_the_graph_and_forgets_the_track(fixture_cases):
 # -- fidelity against the official source poses ----------------------------------------------------------------
 
 def _official(folder: Path, n: int) -> np.ndarray:
-    return np.stack([decode_pose_image(im) for im in P.read_frames(str(folder), range(n))])
+    return np.stack([decode_pose_image(im) for im in M.read_frames(str(folder), range(n))])
 
 
 @pytest.mark.parametrize("case", ["case-1", "case-6"])
 def test_source_poses_match_the_official_ones(fixture_cases, case):
     n = 12
-    frames = P.read_fitted_frames(str(fixture_cases / case / "source_images"), range(n), 512)
+    frames = M.read_fitted_frames(str(fixture_cases / case / "source_images"), range(n), 512)
     track = P.extract_poses(frames, fps=8.0)
     ref = _official(fixture_cases / case / "source_poses", n)
     ours, theirs = track.body[..., 2] > 0.3, ref[..., 2] > 0
@@ -170,12 +171,12 @@ def test_read_fitted_frames_matches_and_stays_bounded(tmp_path):
                              "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "25", "-i", "-", "-c:v", "libx264",
                              "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)], stdin=subprocess.PIPE)
     proc.communicate(video.tobytes())
-    info = P.probe_video(str(path))
+    info = M.probe_video(str(path))
     idx = list(range(3, 39))
-    expected = P.fit_frames(P.read_frames(str(path), idx, info=info), (128, 128))
+    expected = M.fit_frames(M.read_frames(str(path), idx, info=info), (128, 128))
     tracemalloc.start()
     try:
-        got = P.read_fitted_frames(str(path), idx, (128, 128), info=info)
+        got = M.read_fitted_frames(str(path), idx, (128, 128), info=info)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

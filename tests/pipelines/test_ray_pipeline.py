@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import storage
-from pipelines.manifest import read_manifest, read_results, write_manifest
-from pipelines.metrics import PipelineMetrics, start_metrics_server
-from pipelines.ray_pipeline import RunConfig, run_pipeline
+from pipelines.batch.config import RunConfig
+from pipelines.batch.driver import run_pipeline
+from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
+from pipelines.batch.requests import read_manifest, write_manifest
+from pipelines.batch.results import read_results
+from pipelines.media import storage
 
 REPO = Path(__file__).resolve().parents[2]
 FPS = "30000/1001"
@@ -61,8 +63,8 @@ def _windows(out: Path) -> dict[str, Path]:
 def inputs(tmp_path_factory, fixture_cases):
     from PIL import Image
 
-    from pipelines.demo import waving_track
-    from pipelines.poses.keypoints import write_pose_track
+    from jobs.commands.demo import waving_track
+    from pipelines.conditioning.poses.keypoints import write_pose_track
 
     d = tmp_path_factory.mktemp("inputs")
     folder = fixture_cases / "case-1" / "source_images"
@@ -143,13 +145,29 @@ def test_rerun_skips_finished_work_and_changes_nothing(reference, inputs):
     assert rows["good"]["model"] == "tiny"
 
 
+def dies_once(marker: str) -> type:
+    """An edit stage whose actor process exits on its first window (recorded in ``marker``), like a crashed GPU
+    worker. Made inside a function, so Ray ships the class by value to its workers."""
+    from pipelines.batch.ray_stages import EditStage
+
+    class DiesOnce(EditStage):
+        def edit(self, task):
+            if not os.path.exists(marker):
+                with open(marker, "w") as fh:
+                    fh.write(str(os.getpid()))
+                os._exit(1)
+            return super().edit(task)
+
+    return DiesOnce
+
+
 def test_dead_edit_actor_is_replaced_and_its_window_retried(ray_local, reference, inputs, tmp_path):
     ref_out = reference[0]
     marker = tmp_path / "died"
     out = tmp_path / "out"
-    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=str(out), die_once_marker=str(marker))
-    summary = run_pipeline(cfg)
-    assert marker.exists(), "the test hook did not fire"
+    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=str(out))
+    summary = run_pipeline(cfg, edit_stage=dies_once(str(marker)))
+    assert marker.exists(), "the injected fault did not fire"
     assert summary.counts == {"succeeded": 1} and summary.windows == {"succeeded": 2}
     assert not list(out.rglob("*.attempts-*"))
     # deterministic ids and frame-indexed noise: the same windows and the same video as the uninterrupted run
@@ -192,9 +210,9 @@ def test_killed_run_resumes_without_redoing_work(ray_local, reference, inputs, t
 
 
 def test_single_request_in_process_on_memory_filesystem(reference, inputs):
-    """``pipelines.single.edit_request``: the same stage code without Ray, any fsspec output (memory:// here)."""
+    """``pipelines.batch.single.edit_request``: the same stage code without Ray, any fsspec output (memory:// here)."""
     import mf_model
-    from pipelines.single import edit_request
+    from pipelines.batch.single import edit_request
 
     ref_out = reference[0]
     out = "memory://mf-single-test"
@@ -217,3 +235,25 @@ def test_single_request_in_process_on_memory_filesystem(reference, inputs):
     assert again["status"] == "skipped"
     with pytest.raises(ValueError, match="memory://"):
         run_pipeline(cfg)
+
+
+@pytest.mark.parametrize("driving, probes", [("waving.parquet", 1), ("person.mp4", 2)])
+def test_plan_runs_ffprobe_once_per_input_video(inputs, tmp_path, monkeypatch, driving, probes):
+    """Counted with an ``ffprobe`` on PATH that logs each run, then runs the real one."""
+    import shutil
+
+    from pipelines.batch.requests import parse_row
+    from pipelines.batch.stages import conditioner_for, plan_request
+
+    shim, calls = tmp_path / "bin", tmp_path / "ffprobe.calls"
+    shim.mkdir()
+    (shim / "ffprobe").write_text(f"#!/bin/sh\necho run >> {calls}\nexec {shutil.which('ffprobe')} \"$@\"\n")
+    (shim / "ffprobe").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    cfg = RunConfig(manifest="", out=str(tmp_path / "out"))
+    req = parse_row({"source": str(inputs / "person.mp4"), "driving": str(inputs / driving), **PARAMS}, 1, cfg.out)
+    tasks = plan_request(req, cfg, conditioner_for(cfg))
+    assert not tasks[0].plan_failed, tasks[0].error
+    assert len(tasks) == 2 and tasks[0].plan.has_audio
+    assert calls.read_text().count("run") == probes
+

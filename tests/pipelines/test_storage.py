@@ -6,7 +6,7 @@ import uuid
 import numpy as np
 import pytest
 
-from pipelines import storage
+from pipelines.media import storage
 
 
 @pytest.fixture(params=["local", "file", "memory"])

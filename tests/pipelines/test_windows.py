@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines import ids
-from pipelines.windows import (
+from pipelines.windows import ids
+from pipelines.windows.planning import (
     MAX_WINDOW,
     Window,
     WindowPlanError,

@@ -1,0 +1,82 @@
+"""The model replicas of the Serve app: :class:`EditWorker` holds the model and runs one edit at a time through the
+batch pipeline's own per-request code (:func:`pipelines.batch.single.edit_request`), writing the edit's state."""
+import logging
+import time
+from typing import Any
+
+from ray import serve
+
+from jobs.serve.config import ServeConfig
+from jobs.serve.store import StateStore, is_cancelled
+from pipelines.batch.config import ModelSpec, RunConfig
+from pipelines.batch.requests import Request
+from pipelines.batch.single import edit_request
+
+log = logging.getLogger("mf.serve")
+
+PROGRESS_INTERVAL_S = 0.5  # at most one progress write per interval (the last window is always written)
+
+
+class EditCancelled(Exception):
+    """The edit was cancelled or deleted while it ran (raised from the progress callback to stop it)."""
+
+
+class ProgressWriter:
+    """The ``progress`` callback of :func:`edit_request`: the share of edited windows into the edit's state."""
+
+    def __init__(self, store: StateStore, ns: str, edit_id: str):
+        self.store, self.ns, self.edit_id = store, ns, edit_id
+        self._last = 0.0
+
+    def __call__(self, kind: str, done: int, total: int) -> None:
+        if kind != "window":
+            return
+        now = time.monotonic()
+        if now - self._last < PROGRESS_INTERVAL_S and done < total:
+            return
+        self._last = now
+        cur = self.store.read(self.ns, self.edit_id)
+        if is_cancelled(cur):
+            raise EditCancelled(self.edit_id)
+        self.store.write(self.ns, self.edit_id, {**cur, "progress": round(done / max(total, 1), 3)})
+
+
+@serve.deployment(name="EditWorker", max_ongoing_requests=1, max_queued_requests=-1)
+class EditWorker:
+    """Holds the model (device and dtype from the replica's GPU share); :meth:`run` edits one request."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.store = StateStore(cfg.root)
+        self.spec = ModelSpec.for_gpus(cfg.gpus_per_replica, weights=cfg.weights, preset=cfg.preset,
+                                       dtype=cfg.dtype)
+        self.model = self.spec.load()
+
+    def run(self, ns: str, edit_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Edit a queued request into its edit folder; returns the result row (``{"state": "cancelled"}`` when
+        the edit was cancelled before or while it ran). A crash fails the edit, not the replica."""
+        if is_cancelled(self.store.read(ns, edit_id)):
+            return {"state": "cancelled"}
+        self.store.update(ns, edit_id, state="running", started_at=time.time())
+        req = Request(**request)
+        run_cfg = RunConfig(manifest="", out=self.store.edit_dir(ns, edit_id), model=self.spec)
+        try:
+            row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id))
+        except EditCancelled:
+            return {"state": "cancelled"}
+        except Exception as exc:  # noqa: BLE001 - the edit fails, the replica lives on
+            log.exception("edit %s crashed", edit_id)
+            row = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return self._finish(ns, edit_id, row)
+
+    def _finish(self, ns: str, edit_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        """The result row into the edit's state (unless it was cancelled meanwhile)."""
+        cur = self.store.read(ns, edit_id)
+        if is_cancelled(cur):
+            return {"state": "cancelled"}
+        ok = row.get("status") == "succeeded"
+        self.store.write(ns, edit_id, {
+            **cur, "state": "succeeded" if ok else "failed", "progress": 1.0 if ok else cur.get("progress", 0.0),
+            "error": None if ok else row.get("error"), "output": row.get("output_uri"),
+            "frames": row.get("frames"), "fps": row.get("fps"), "finished_at": time.time()})
+        return row

@@ -1,0 +1,150 @@
+"""The last stage of a request: its windows blended in frame order into the output video, and its result row.
+
+:func:`finish_request` takes all :class:`~pipelines.batch.tasks.WindowTask` of a request once they are in: a failed
+plan or window gives a failed row; otherwise :func:`stitch_request` streams the crossfaded windows into ffmpeg
+(memory O(window)), writes the optional side-by-side preview, commits the video atomically and then writes the
+request's done marker, ``<out>/requests/<request_id>.json``. :func:`skipped_row` reads that marker back on a re-run.
+No Ray here: the driver runs :func:`finish_request` as a Ray task, :mod:`pipelines.batch.single` calls it directly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import numpy as np
+
+from pipelines.batch.config import RunConfig
+from pipelines.batch.requests import Request
+from pipelines.batch.results import ResultRow
+from pipelines.batch.tasks import FAILED, RequestPlan, WindowTask, error_text
+from pipelines.media import storage
+from pipelines.media.encode import VideoWriter, to_fraction
+from pipelines.windows.planning import Window
+from pipelines.windows.stitch import iter_stitched, side_by_side, stitch_to_writer
+
+log = logging.getLogger(__name__)
+
+
+def output_geometry(plan: RequestPlan, size: int, output_scale: str):
+    """(crop box in the model frame, output (h, w)): the letterbox removed; at source or model scale."""
+    geo = plan.geometry
+    sh, sw = plan.source_hw
+    s = geo["scale"]
+    nh, nw = max(1, round(sh * s)), max(1, round(sw * s))
+    y0, x0 = max(0, geo["oy"]), max(0, geo["ox"])
+    y1, x1 = min(size, geo["oy"] + nh), min(size, geo["ox"] + nw)
+    if output_scale == "model":
+        return (y0, y1, x0, x1), (y1 - y0, x1 - x0)
+    # the part of the source the model saw, in source pixels (all of it in "pad" mode)
+    oh = sh if (y0, y1) == (geo["oy"], geo["oy"] + nh) else max(1, round((y1 - y0) / s))
+    ow = sw if (x0, x1) == (geo["ox"], geo["ox"] + nw) else max(1, round((x1 - x0) / s))
+    return (y0, y1, x0, x1), (oh, ow)
+
+
+def _identity_of(tasks: list[WindowTask]) -> dict[str, Any]:
+    for t in tasks:
+        if t.identity:
+            return t.identity
+    z = storage.read_npz(tasks[0].uri)  # all windows came from an earlier run: their files know
+    return json.loads(str(z["identity"])) if "identity" in z else {}
+
+
+class _Resizer:
+    """Model-frame window frames → output frames (letterbox cropped, resized to the output size)."""
+
+    def __init__(self, plan: RequestPlan, size: int, output_scale: str) -> None:
+        (self.y0, self.y1, self.x0, self.x1), self.out_hw = output_geometry(plan, size, output_scale)
+
+    def crop(self, frame: np.ndarray) -> np.ndarray:
+        return frame[self.y0:self.y1, self.x0:self.x1]
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        frame = self.crop(frame)
+        if frame.shape[:2] != self.out_hw:
+            frame = np.asarray(Image.fromarray(frame).resize(self.out_hw[::-1], Image.LANCZOS))
+        return frame
+
+
+def _audio_of(req: Request, plan: RequestPlan) -> tuple[Optional[str], float]:
+    """The source's audio from the first edited frame, unless the frame rate was changed (re-timed frames)."""
+    if plan.has_audio and (not req.fps or to_fraction(req.fps) == to_fraction(plan.source_fps)):
+        return req.source, req.frame_start / float(plan.source_fps)
+    return None, 0.0
+
+
+def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: list[str], resize: _Resizer,
+                   cfg: RunConfig) -> None:
+    def read_preview(w: Window) -> np.ndarray:
+        z = storage.read_npz(uris[w.index])
+        return np.stack([side_by_side(resize.crop(a), resize.crop(b), resize.crop(c))
+                         for a, b, c in zip(z["source_frames"], z["target_poses"], z["frames"])])
+
+    with VideoWriter(req.preview_output, plan.fps, preset=cfg.processing.encode_preset,
+                     crf=cfg.processing.encode_crf) as pw:
+        for _, frame in iter_stitched(wins, read_preview, crossfade=cfg.processing.crossfade):
+            pw.write(frame)
+
+
+def stitch_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
+    """Blend a request's windows in order into its video (+ preview); commit; write the done marker."""
+    tasks = sorted(tasks, key=lambda t: t.index)
+    identity = _identity_of(tasks)
+    req, plan = tasks[0].request, tasks[0].plan
+    t0 = time.perf_counter()
+    wins = [Window(t.index, t.start, t.end) for t in tasks]
+    uris = [t.uri for t in tasks]
+    resize = _Resizer(plan, req.size, cfg.processing.output_scale)
+    audio, offset = _audio_of(req, plan)
+    with VideoWriter(req.output, plan.fps, audio_from=audio, audio_offset=offset,
+                     preset=cfg.processing.encode_preset, crf=cfg.processing.encode_crf) as writer:
+        stats = stitch_to_writer(wins, lambda w: storage.read_npz(uris[w.index])["frames"], writer,
+                                 crossfade=cfg.processing.crossfade, transform=resize)
+    if req.preview and req.preview_output:
+        _write_preview(req, plan, wins, uris, resize, cfg)
+    res = writer.result
+    row = ResultRow.for_request(
+        req, "succeeded", frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
+        width=res.width, height=res.height, windows=len(tasks), seam_score=stats.seam_score,
+        seconds_probe=_total(tasks, "probe"), seconds_prepare=_total(tasks, "prepare"),
+        seconds_edit=_total(tasks, "edit"), seconds_stitch=time.perf_counter() - t0,
+        model=identity.get("model"), weights_id=identity.get("weights_id"),
+        finished_at=datetime.now(timezone.utc)).to_dict()
+    marker = dict(row, finished_at=row["finished_at"].isoformat())
+    storage.atomic_write_text(cfg.marker_uri(req.request_id), json.dumps(marker, sort_keys=True))
+    return row
+
+
+def _total(tasks: list[WindowTask], stage: str) -> float:
+    return sum(getattr(t.times, stage) or 0.0 for t in tasks)
+
+
+def finish_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
+    """The result row of a request whose tasks are all in: failed (first failed window's error) or stitched."""
+    req = tasks[0].request
+    if tasks[0].plan_failed:
+        return ResultRow.for_request(req, "failed", error=tasks[0].error, seconds_probe=tasks[0].times.probe).to_dict()
+    failed = [t for t in tasks if t.status == FAILED]
+    if failed:
+        first = min(failed, key=lambda t: t.index)
+        return ResultRow.for_request(req, "failed", error=first.error, windows=len(tasks)).to_dict()
+    try:
+        return stitch_request(tasks, cfg)
+    except Exception as exc:  # noqa: BLE001
+        log.info("stitch failed for %s: %s", req.request_id, exc)
+        return ResultRow.for_request(req, "failed", error=f"stitch: {error_text(exc)}", windows=len(tasks)).to_dict()
+
+
+def skipped_row(req: Request, cfg: RunConfig) -> Optional[dict[str, Any]]:
+    """The result row of a request an earlier run finished (status ``skipped``), or None."""
+    marker = cfg.marker_uri(req.request_id)
+    if not (storage.exists(marker) and storage.exists(req.output)):
+        return None
+    row = json.loads(storage.read_bytes(marker))
+    row["status"] = "skipped"
+    row["finished_at"] = datetime.fromisoformat(row["finished_at"]) if row.get("finished_at") else None
+    return row

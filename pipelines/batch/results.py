@@ -1,0 +1,137 @@
+"""The result manifest of ``mf retarget``: one row per request, written atomically as Parquet.
+
+:data:`RESULT_SCHEMA`, one row per request, written atomically as Parquet by :func:`write_results`:
+
+``request_id`` · ``status`` (``succeeded`` | ``failed`` | ``skipped``; skipped = already finished by an earlier run)
+· ``error`` (null unless failed) · ``source`` · ``driving`` · ``output_uri`` · ``preview_uri`` · ``frames`` (frames
+written) · ``fps`` (float) · ``fps_rational`` (exact, ``"30000/1001"``) · ``width`` · ``height`` · ``windows`` ·
+``seam_score`` (see :mod:`pipelines.windows.stitch`) · ``seconds_probe`` · ``seconds_prepare`` · ``seconds_edit`` ·
+``seconds_stitch`` · ``seconds_total`` · ``model`` (preset/architecture) · ``weights_id`` (hash of the weights) ·
+``params_json`` (canonical JSON of the request's parameters) · ``manifest_row`` · ``finished_at`` (UTC).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.batch.requests import InvalidRow, Request
+from pipelines.media import storage
+
+STATUSES = ("succeeded", "failed", "skipped")
+
+
+RESULT_SCHEMA = pa.schema([
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("driving", pa.string()),
+    pa.field("output_uri", pa.string()),
+    pa.field("preview_uri", pa.string()),
+    pa.field("frames", pa.int64()),
+    pa.field("fps", pa.float64()),
+    pa.field("fps_rational", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("windows", pa.int32()),
+    pa.field("seam_score", pa.float64()),
+    pa.field("seconds_probe", pa.float64()),
+    pa.field("seconds_prepare", pa.float64()),
+    pa.field("seconds_edit", pa.float64()),
+    pa.field("seconds_stitch", pa.float64()),
+    pa.field("seconds_total", pa.float64()),
+    pa.field("model", pa.string()),
+    pa.field("weights_id", pa.string()),
+    pa.field("params_json", pa.string()),
+    pa.field("manifest_row", pa.int32()),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+])
+RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
+
+
+@dataclass
+class ResultRow:
+    """One row of the result manifest (see :data:`RESULT_SCHEMA`)."""
+
+    request_id: str
+    status: str
+    error: Optional[str] = None
+    source: Optional[str] = None
+    driving: Optional[str] = None
+    output_uri: Optional[str] = None
+    preview_uri: Optional[str] = None
+    frames: Optional[int] = None
+    fps: Optional[float] = None
+    fps_rational: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    windows: Optional[int] = None
+    seam_score: Optional[float] = None
+    seconds_probe: Optional[float] = None
+    seconds_prepare: Optional[float] = None
+    seconds_edit: Optional[float] = None
+    seconds_stitch: Optional[float] = None
+    seconds_total: Optional[float] = None
+    model: Optional[str] = None
+    weights_id: Optional[str] = None
+    params_json: Optional[str] = None
+    manifest_row: Optional[int] = None
+    finished_at: Optional[datetime] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def for_request(cls, req: Request, status: str, **kw: Any) -> ResultRow:
+        base = dict(source=req.source, driving=req.driving, output_uri=req.output, preview_uri=req.preview_output,
+                    params_json=req.params_json(), manifest_row=req.row)
+        base.update(kw)
+        return cls(request_id=req.request_id, status=status, **base)
+
+    @classmethod
+    def for_invalid(cls, bad: InvalidRow) -> ResultRow:
+        return cls(request_id=bad.request_id, status="failed", error=bad.error, source=bad.source,
+                   driving=bad.driving, manifest_row=bad.row)
+
+
+def _normalise(row: Any) -> dict[str, Any]:
+    d = row.to_dict() if isinstance(row, ResultRow) else dict(row)
+    unknown = set(d) - set(RESULT_COLUMNS)
+    if unknown:
+        raise ValueError(f"result row has unknown field(s): {', '.join(sorted(unknown))}")
+    if d.get("status") not in STATUSES:
+        raise ValueError(f"result row {d.get('request_id')!r}: status must be one of {STATUSES}, "
+                         f"got {d.get('status')!r}")
+    if d.get("finished_at") is None:
+        d["finished_at"] = datetime.now(timezone.utc)
+    if d.get("seam_score") is not None and not math.isfinite(d["seam_score"]):
+        d["seam_score"] = None
+    return {c: d.get(c) for c in RESULT_COLUMNS}
+
+
+def results_table(rows: Iterable[Any]) -> pa.Table:
+    return pa.Table.from_pylist([_normalise(r) for r in rows], schema=RESULT_SCHEMA)
+
+
+def write_results(rows: Iterable[Any], uri: str) -> pa.Table:
+    """Write result rows (dicts or :class:`ResultRow`) as Parquet with :data:`RESULT_SCHEMA`, atomically."""
+    table = results_table(rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.atomic_write_bytes(uri, buf.getvalue())
+    return table
+
+
+def read_results(uri: str) -> list[dict[str, Any]]:
+    """Rows of a result manifest (empty when it does not exist)."""
+    if not storage.exists(uri):
+        return []
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()

@@ -1,0 +1,49 @@
+"""One request in-process, without Ray: the batch stage functions run in order.
+
+:func:`edit_request` calls exactly what the Ray stages call — :func:`~pipelines.batch.stages.plan_request` →
+:func:`~pipelines.batch.stages.prepare_task` and :func:`~pipelines.batch.stages.edit_task` per window →
+:func:`~pipelines.batch.finish.finish_request` (stitch, encode, done marker) — so a request edited here gives the same
+files, ids, window cache and result row as in a batch run (a later ``mf retarget`` over the same ``out`` skips it,
+and vice versa). It is meant for a process that already holds the model: the Ray Serve replica, tests, a notebook.
+Any fsspec URI works for ``cfg.out`` here, ``memory://`` included (one process).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+from pipelines.batch.config import RunConfig
+from pipelines.batch.finish import finish_request, skipped_row
+from pipelines.batch.requests import Request
+from pipelines.batch.stages import Conditioner, conditioner_for, edit_task, plan_request, prepare_task
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total): "window" per edited window, "request" at the end
+
+
+def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optional[Progress] = None,
+                 conditioner: Optional[Conditioner] = None) -> dict[str, Any]:
+    """Edit one request with ``model`` (an ``mf_model`` model) and return its result row (see
+    :data:`pipelines.batch.results.RESULT_SCHEMA`). Never raises for a bad input: the row says ``failed`` and why."""
+    t0 = time.perf_counter()
+    done = skipped_row(request, cfg)
+    if done is not None:
+        return done
+    cond = conditioner or conditioner_for(cfg)
+    identity = model.identity()
+    tasks = plan_request(request, cfg, cond)
+    if not tasks[0].plan_failed:
+        for i, task in enumerate(tasks):
+            tasks[i] = edit_task(prepare_task(task, cond), model, identity, cfg)
+            if progress:
+                progress("window", i + 1, len(tasks))
+    result = finish_request(tasks, cfg)
+    result["seconds_total"] = time.perf_counter() - t0
+    if progress:
+        progress("request", 1, 1)
+    log.info("request %s: %s%s", request.request_id, result["status"],
+             f" ({result['error']})" if result.get("error") else "")
+    return result

@@ -1,0 +1,189 @@
+"""The per-window stage functions of the batch pipeline: plan, prepare, edit. Plain functions, no Ray.
+
+The Ray stage classes (:mod:`pipelines.batch.ray_stages`) and the in-process single-request path
+(:mod:`pipelines.batch.single`) both call exactly these, so a request gives the same files and rows either way.
+Stitching a finished request is in :mod:`pipelines.batch.finish`.
+
+- :func:`plan_request` — probe each input once, map driving frames to output frames, compute the alignment once,
+  plan the windows: one :class:`~pipelines.batch.tasks.WindowTask` per window (``skipped`` when its frames are
+  already written).
+- :func:`prepare_task` — decode the window's frames only, poses, masks, renders → the task's npz payload.
+- :func:`edit_task` — edit a prepared window with a model and write its frames atomically.
+
+No function raises for a bad input: the task becomes ``failed`` with an error naming the stage and the reason.
+The conditioning work goes through a :class:`Conditioner`, which unit tests replace with a small fake.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import time
+import traceback
+from typing import Any, Optional
+
+import numpy as np
+
+from pipelines.batch.config import RunConfig
+from pipelines.batch.requests import Request
+from pipelines.batch.tasks import PENDING, SKIPPED, SUCCEEDED, RequestPlan, StageTimes, WindowTask
+from pipelines.conditioning import driving_index_map, prepare_window, read_pose_track, reference_alignment
+from pipelines.conditioning.window_inputs import MODEL_INPUTS
+from pipelines.media import fit_geometry, probe_video, storage
+from pipelines.media.encode import fraction_str, to_fraction
+from pipelines.windows.planning import plan_windows, window_id
+
+log = logging.getLogger(__name__)
+
+POSE_TRACK_SUFFIXES = (".parquet", ".json")
+
+
+class Conditioner:
+    """The conditioning the stages need, bound to a run's pose backend and fit mode."""
+
+    def __init__(self, pose_backend: str = "mediapipe", fit_mode: str = "pad") -> None:
+        self.pose_backend = pose_backend
+        self.fit_mode = fit_mode
+
+    def probe(self, uri: str):
+        return probe_video(uri)
+
+    def driving(self, uri: str):
+        """A pose track (read once) or the driving video's probe."""
+        return read_pose_track(uri) if uri.lower().endswith(POSE_TRACK_SUFFIXES) else probe_video(uri)
+
+    def index_map(self, source_info, driving, policy: str) -> tuple[int, list[int]]:
+        return driving_index_map(source_info, driving, policy)
+
+    def alignment(self, req: Request, source_indices: list[int], driving_map: list[int], source_info,
+                  driving) -> dict[str, Any]:
+        is_video = hasattr(driving, "kind")
+        return reference_alignment(req.source, req.driving if is_video else driving, source_indices, driving_map,
+                                   req.size, self.fit_mode, backend=self.pose_backend, source_info=source_info,
+                                   driving_info=driving if is_video else None)
+
+    def window_arrays(self, task: WindowTask) -> dict[str, np.ndarray]:
+        req = task.request
+        return prepare_window(req.source, req.driving, task.source_indices, task.driving_indices,
+                              task.plan.transform, req.size, self.fit_mode, self.pose_backend, keys=MODEL_INPUTS)
+
+
+def conditioner_for(cfg: RunConfig) -> Conditioner:
+    return Conditioner(cfg.processing.pose_backend, cfg.processing.fit_mode)
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan, list[int], list[int]]:
+    s_info = cond.probe(req.source)
+    driving = cond.driving(req.driving)
+    start = min(req.frame_start, s_info.frames)
+    stop = s_info.frames if req.frame_end is None else min(req.frame_end, s_info.frames)
+    if stop <= start:
+        raise ValueError(f"frame range [{req.frame_start}, {req.frame_end}) is empty for a "
+                         f"{s_info.frames}-frame source")
+    n, dmap = cond.index_map(dataclasses.replace(s_info, frames=stop - start), driving, req.length_policy)
+    if n <= 0:
+        raise ValueError("no output frames (empty driving motion?)")
+    src_idx = [start + k for k in range(n)]
+    transform = cond.alignment(req, src_idx, dmap, s_info, driving)
+    fps = to_fraction(req.fps) if req.fps else to_fraction(s_info.fps)
+    plan = RequestPlan(frames=n, fps=fraction_str(fps), source_fps=float(s_info.fps),
+                       has_audio=bool(getattr(s_info, "has_audio", False)),
+                       geometry=fit_geometry((s_info.height, s_info.width), req.size, cfg.processing.fit_mode),
+                       source_hw=(int(s_info.height), int(s_info.width)), transform=transform)
+    return plan, src_idx, dmap
+
+
+def plan_request(req: Request, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:
+    """Plan one request: its window tasks, or one failed task (``index == PLAN_FAILED``)."""
+    t0 = time.perf_counter()
+    try:
+        plan, src_idx, dmap = _plan(req, cfg, cond)
+        wins = plan_windows(plan.frames, req.window, req.overlap)
+    except Exception as exc:  # noqa: BLE001 - one bad request fails its own row
+        log.info("plan failed for %s: %s", req.request_id, exc)
+        return [WindowTask(req, times=StageTimes(probe=time.perf_counter() - t0)).fail("plan", exc)]
+    share = (time.perf_counter() - t0) / len(wins)
+    tasks = []
+    params = req.edit_params()
+    for w in wins:
+        wid = window_id(req.request_id, req.source, w, params)
+        uri = cfg.window_uri(req.request_id, wid)
+        tasks.append(WindowTask(
+            request=req, plan=plan, window_id=wid, index=w.index, count=len(wins), start=w.start, end=w.end,
+            source_indices=src_idx[w.start:w.end], driving_indices=dmap[w.start:w.end], uri=uri,
+            status=SKIPPED if storage.exists(uri) else PENDING, times=StageTimes(probe=share)))
+    return tasks
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+def prepare_task(task: WindowTask, cond: Conditioner) -> WindowTask:
+    """Prepare a pending window: the model inputs as npz bytes in ``task.payload``."""
+    if not task.pending:
+        return task
+    t0 = time.perf_counter()
+    try:
+        arrays = cond.window_arrays(task)
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(arrays[k]) for k in MODEL_INPUTS})
+        task.payload = buf.getvalue()
+    except Exception as exc:  # noqa: BLE001
+        task.fail("prepare", exc)
+    task.times.prepare = time.perf_counter() - t0
+    return task
+
+
+# ------------------------------------------------------------------------------------------------ edit
+
+def edit_task(task: WindowTask, model: Any, identity: dict[str, Any], cfg: RunConfig) -> WindowTask:
+    """Edit a prepared window with ``model`` (an ``mf_model`` model) and write its frames atomically to
+    ``task.uri``. Consumes the payload; tasks that are not pending pass through."""
+    payload, task.payload = task.payload, None
+    if not task.pending:
+        return task
+    t0 = time.perf_counter()
+    task.times.edit_started_at = time.time()
+    try:
+        _edit(task, payload, model, identity, cfg)
+    except Exception as exc:  # noqa: BLE001
+        task.fail("edit", exc)
+        log.debug("edit failed: %s", traceback.format_exc())
+    busy = time.perf_counter() - t0
+    task.times.edit = task.times.busy = busy
+    task.times.edit_ended_at = time.time()
+    return task
+
+
+def _edit(task: WindowTask, payload: Optional[bytes], model: Any, identity: dict[str, Any], cfg: RunConfig) -> None:
+    import mf_model
+
+    req = task.request
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    window = mf_model.EditWindow(**{k: arrays[k] for k in MODEL_INPUTS},
+                                 frame_indices=list(range(task.start, task.end)),
+                                 name=f"{req.request_id}[{task.start}:{task.end}]")
+    opts = mf_model.EditOptions(steps=req.steps, cfg=req.cfg, camera=req.camera, seed=req.seed)
+    t1 = time.perf_counter()
+    result = model.edit(window, opts)
+    task.times.model = time.perf_counter() - t1
+    extra = {k: arrays[k] for k in ("source_frames", "target_poses")} if req.preview else {}
+    t2 = time.perf_counter()
+    ident = json.dumps(identity, sort_keys=True)
+    storage.write_npz(task.uri, compress=cfg.processing.compress_windows, frames=result.frames,
+                      identity=np.array(ident), **extra)
+    task.times.write = time.perf_counter() - t2
+    task.times.gpu_memory_peak = _gpu_peak()
+    task.status, task.identity = SUCCEEDED, {k: None if v is None else str(v) for k, v in identity.items()}
+
+
+def _gpu_peak() -> float:
+    try:
+        import torch
+
+        return float(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0.0
+    except Exception:  # noqa: BLE001
+        return 0.0

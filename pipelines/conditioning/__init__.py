@@ -1,0 +1,23 @@
+"""Conditioning: the inputs MotionFollower needs, made from raw videos or pose tracks.
+
+Poses (MediaPipe, DWPose, pose-track files), alignment of the driving skeleton to the source person, masks, pose
+rendering in the official style, the per-window arrays (:mod:`~pipelines.conditioning.window_inputs`) and the
+``mf prepare`` folder layout (:mod:`~pipelines.conditioning.layout`). Depends on :mod:`pipelines.media` only.
+"""
+from pipelines.conditioning.align import aligned_masks, apply_alignment, compute_alignment, identity_alignment
+from pipelines.conditioning.layout import LAYOUT, prepare
+from pipelines.conditioning.masks import person_masks, predicted_masks
+from pipelines.conditioning.poses import PoseExtractor, PoseTrack, get_extractor, read_pose_track, write_pose_track
+from pipelines.conditioning.render import render_poses
+from pipelines.conditioning.window_inputs import (
+                                                  LENGTH_POLICIES,
+                                                  driving_index_map,
+                                                  extract_poses,
+                                                  prepare_window,
+                                                  reference_alignment,
+)
+
+__all__ = ["LAYOUT", "LENGTH_POLICIES", "PoseExtractor", "PoseTrack", "aligned_masks", "apply_alignment",
+           "compute_alignment", "driving_index_map", "extract_poses", "get_extractor", "identity_alignment",
+           "person_masks", "predicted_masks", "prepare", "prepare_window", "read_pose_track", "reference_alignment",
+           "render_poses", "write_pose_track"]

@@ -1,0 +1,187 @@
+"""MediaPipe Holistic (legacy ``mp.solutions``; ships its models, fully offline) mapped to OpenPose-18 + hands.
+
+One graph gives the BlazePose body (33 landmarks), both hands (21 points in OpenPose order) and the person
+segmentation. Only ``model_complexity=1`` works offline. MediaPipe is a single-person model that follows the most
+prominent person from frame to frame (``static_image_mode=False``).
+
+Fidelity to the official (DWPose/OpenPose) skeletons, measured on the fixture cases (``benchmarks/prepare_fixtures``):
+
+* MediaPipe's own landmark smoothing is off: at the official 8 fps it lags fast limbs by several pixels. Temporal
+  smoothing is done afterwards by
+  :func:`pipelines.conditioning.poses.tracking.smooth` with a cut-off in Hz, so it adapts to the
+  frame rate.
+* Mirror test (``mirror=True``, default): a second, stateless BlazePose pass on the horizontally mirrored frame; its
+  landmarks, mirrored back with left/right exchanged, are averaged with the tracked ones (the usual flip test of
+  pose estimators; the two passes have independent crops and errors). Visibility comes from the tracked pass. When
+  the mirrored pass lands on somebody else (landmarks far from the tracked person) it is ignored.
+* Joint definitions: BlazePose's ear points sit near the ear canal, COCO/OpenPose ears on the outer ear — each ear
+  is moved outward along its eye→ear direction (``EAR_EXTENSION``); BlazePose hip centres sit lower than
+  COCO/OpenPose hips (``HIP_SHIFT``).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipelines.conditioning.poses.base import PoseExtractor
+
+log = logging.getLogger(__name__)
+
+# OpenPose-18 index -> BlazePose index (neck = mean of both shoulders, handled separately)
+BLAZE_TO_OPENPOSE = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15, 8: 24, 9: 26, 10: 28, 11: 23, 12: 25, 13: 27,
+                     14: 5, 15: 2, 16: 8, 17: 7}
+
+
+HIP_SHIFT = 0.06
+# BlazePose ear -> OpenPose ear: ear + EAR_EXTENSION * (ear - eye), per side (BlazePose 7/8 ears, 2/5 eyes)
+EAR_EXTENSION = 0.4
+EAR_EYE = ((7, 2), (8, 5))
+# BlazePose left/right landmark pairs (for the mirror test)
+MIRROR_PAIRS = ((1, 4), (2, 5), (3, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16), (17, 18), (19, 20), (21, 22),
+                (23, 24), (25, 26), (27, 28), (29, 30), (31, 32))
+MIRROR_PERM = np.arange(33)
+for _a, _b in MIRROR_PAIRS:
+    MIRROR_PERM[_a], MIRROR_PERM[_b] = _b, _a
+# the mirrored pass is used only when it agrees with the tracked person: mean landmark distance (torso points,
+# normalised coordinates) at most this fraction of the shoulder-to-hip size
+MIRROR_MAX_DISAGREEMENT = 0.35
+BORDER_MARGIN = 0.12
+BORDER_MIN_VISIBILITY = 0.05
+
+
+def blaze_to_openpose(lm: np.ndarray, width: int, height: int, min_visibility: float = 0.5) -> np.ndarray:
+    """(33, 4) normalised [x, y, z, visibility] → (18, 3) [x_px, y_px, score]; off-frame points get score 0."""
+    out = np.zeros((18, 3), np.float32)
+    lm = np.array(lm, np.float32, copy=True)
+    for ear, eye in EAR_EYE:
+        lm[ear, :2] += EAR_EXTENSION * (lm[ear, :2] - lm[eye, :2])
+    for op, bp in BLAZE_TO_OPENPOSE.items():
+        out[op] = (lm[bp, 0] * width, lm[bp, 1] * height, lm[bp, 3])
+    out[1] = ((lm[11, 0] + lm[12, 0]) / 2 * width, (lm[11, 1] + lm[12, 1]) / 2 * height, min(lm[11, 3], lm[12, 3]))
+    # BlazePose hip centres sit lower than COCO/OpenPose hips: move them a little toward the shoulders.
+    for hip, shoulder in ((8, 2), (11, 5)):
+        out[hip, :2] += HIP_SHIFT * (out[shoulder, :2] - out[hip, :2])
+    # OpenPose-style detectors place joints just beyond the border (feet cut by the frame) on the border:
+    # clamp points that lie slightly outside (≤ BORDER_MARGIN of the frame size) and are plausibly there.
+    mx, my = BORDER_MARGIN * width, BORDER_MARGIN * height
+    near = (out[:, 0] >= -mx) & (out[:, 0] < width + mx) & (out[:, 1] >= -my) & (out[:, 1] < height + my)
+    inside = (out[:, 0] >= 0) & (out[:, 0] < width) & (out[:, 1] >= 0) & (out[:, 1] < height)
+    clamp = near & ~inside & (out[:, 2] >= BORDER_MIN_VISIBILITY)
+    out[clamp, 0] = np.clip(out[clamp, 0], 2, width - 3)
+    out[clamp, 1] = np.clip(out[clamp, 1], 2, height - 3)
+    out[clamp, 2] = np.maximum(out[clamp, 2], min_visibility)
+    out[~(inside | clamp) | (out[:, 2] < min_visibility), 2] = 0.0
+    return out
+
+
+def unmirror_landmarks(lm: np.ndarray) -> np.ndarray:
+    """Landmarks (33, 4) found on a horizontally mirrored frame → the same landmarks on the original frame."""
+    out = np.array(lm, np.float32)[MIRROR_PERM].copy()
+    out[:, 0] = 1.0 - out[:, 0]
+    return out
+
+
+def merge_mirrored(lm: np.ndarray, mirrored: np.ndarray | None, aspect: float = 1.0) -> np.ndarray:
+    """Average tracked landmarks ``lm`` (33, 4) with :func:`unmirror_landmarks` output (visibility from ``lm``);
+    ``lm`` unchanged when ``mirrored`` is None or describes somebody else. ``aspect`` = width / height."""
+    if mirrored is None:
+        return lm
+    torso = [11, 12, 23, 24]
+    scale = np.array([aspect, 1.0], np.float32)
+    size = np.hypot(*((lm[[11, 12], :2].mean(0) - lm[[23, 24], :2].mean(0)) * scale))
+    gap = np.hypot(*((lm[torso, :2] - mirrored[torso, :2]) * scale).T).mean()
+    if not np.isfinite(gap) or gap > MIRROR_MAX_DISAGREEMENT * max(float(size), 1e-3):
+        return lm
+    out = lm.copy()
+    out[:, :3] = (lm[:, :3] + mirrored[:, :3]) / 2
+    return out
+
+
+def _landmarks(result_landmarks) -> np.ndarray | None:
+    if result_landmarks is None:
+        return None
+    return np.array([(p.x, p.y, p.z, p.visibility) for p in result_landmarks.landmark], np.float32)
+
+
+class MediaPipeExtractor(PoseExtractor):
+    """Holistic (tracked body, hands, segmentation) plus an optional stateless mirrored body pass (see the module
+    docstring). ``reset()`` forgets the tracking state; the graphs are kept and reused (building them per clip
+    costs time and memory)."""
+
+    name = "mediapipe"
+
+    def __init__(self, min_visibility: float = 0.5, segmentation: bool = True, hands: bool = True,
+                 min_detection_confidence: float = 0.5, mirror: bool = True, smooth_landmarks: bool = False):
+        self.min_visibility = float(min_visibility)
+        self.segmentation = bool(segmentation)
+        self.hands = bool(hands)
+        self.min_detection_confidence = float(min_detection_confidence)
+        self.mirror = bool(mirror)
+        self.smooth_landmarks = bool(smooth_landmarks)
+        self._graph = None
+        self._mirror_graph = None
+        self._dirty = False
+
+    def _get(self):
+        if self._graph is None:
+            import mediapipe as mp
+
+            self._graph = mp.solutions.holistic.Holistic(
+                static_image_mode=False, model_complexity=1, smooth_landmarks=self.smooth_landmarks,
+                enable_segmentation=self.segmentation, smooth_segmentation=True, refine_face_landmarks=False,
+                min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=0.5)
+        return self._graph
+
+    def _get_mirror(self):
+        if self._mirror_graph is None:
+            import mediapipe as mp
+
+            # stateless: each mirrored frame is found afresh (no tracking state to carry or reset)
+            self._mirror_graph = mp.solutions.pose.Pose(
+                static_image_mode=True, model_complexity=1, enable_segmentation=False,
+                min_detection_confidence=self.min_detection_confidence)
+        return self._mirror_graph
+
+    def reset(self) -> None:
+        """Forget the tracking state (the next frame is searched afresh); the graphs themselves are kept."""
+        if self._graph is not None and self._dirty:
+            self._graph.reset()
+        self._dirty = False
+
+    def close(self) -> None:
+        for g in (self._graph, self._mirror_graph):
+            if g is not None:
+                g.close()
+        self._graph = self._mirror_graph = None
+        self._dirty = False
+
+    def extract(self, frames: np.ndarray):
+        frames = np.asarray(frames)
+        n, h, w = frames.shape[:3]
+        body = np.zeros((n, 18, 3), np.float32)
+        hands = np.zeros((n, 2, 21, 3), np.float32)
+        masks = np.zeros((n, h, w), np.float32) if self.segmentation else None
+        g = self._get()
+        for i in range(n):
+            frame = np.ascontiguousarray(frames[i])
+            res = g.process(frame)
+            self._dirty = True
+            lm = _landmarks(res.pose_landmarks)
+            if lm is None:
+                continue
+            if self.mirror:
+                mres = self._get_mirror().process(np.ascontiguousarray(frame[:, ::-1]))
+                mlm = _landmarks(mres.pose_landmarks)
+                lm = merge_mirrored(lm, None if mlm is None else unmirror_landmarks(mlm), w / h)
+            body[i] = blaze_to_openpose(lm, w, h, self.min_visibility)
+            if self.hands:
+                for k, hl in enumerate((res.left_hand_landmarks, res.right_hand_landmarks)):
+                    if hl is not None:
+                        pts = np.array([(p.x * w, p.y * h) for p in hl.landmark], np.float32)
+                        inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+                        hands[i, k, :, :2] = pts
+                        hands[i, k, :, 2] = inside.astype(np.float32)
+            if masks is not None and res.segmentation_mask is not None:
+                masks[i] = res.segmentation_mask
+        return body, hands, masks

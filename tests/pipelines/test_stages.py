@@ -1,0 +1,197 @@
+"""The batch stage functions in-process, without Ray: plan → prepare → edit → finish with small fakes (a conditioner
+that returns arrays, a model that returns frames), real storage and a real ffmpeg encode; the typed window task's
+Arrow round trip; and the resource fitting."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.batch.config import RunConfig, StageResources
+from pipelines.batch.finish import finish_request, skipped_row
+from pipelines.batch.requests import parse_row
+from pipelines.batch.stages import Conditioner, edit_task, plan_request, prepare_task
+from pipelines.batch.tasks import (PLAN_FAILED, TASK_SCHEMA, RequestPlan, WindowTask, tasks_from_table,
+                                   tasks_to_table)
+from pipelines.conditioning.window_inputs import MODEL_INPUTS
+from pipelines.media import InputError, VideoInfo, storage
+from pipelines.media.encode import probe_output
+
+SIZE = 64
+
+
+class FakeConditioner(Conditioner):
+    """10 source frames at 24 fps, a 12-frame driving video, no alignment, flat grey window arrays."""
+
+    def __init__(self, fail_probe: bool = False, fail_prepare: bool = False) -> None:
+        super().__init__()
+        self.fail_probe, self.fail_prepare = fail_probe, fail_prepare
+        self.probed: list[str] = []
+
+    def probe(self, uri):
+        self.probed.append(uri)
+        if self.fail_probe:
+            raise InputError(uri, "not a video")
+        return VideoInfo(uri=uri, frames=10, fps=24.0, width=48, height=32)
+
+    def driving(self, uri):
+        self.probed.append(uri)
+        return VideoInfo(uri=uri, frames=12, fps=24.0, width=48, height=32)
+
+    def alignment(self, req, source_indices, driving_map, source_info, driving):
+        return {"version": 1, "size": [req.size, req.size], "global_scale": 1.0, "bone_scale": {},
+                "src_anchor": None, "drv_anchor": None, "width_ratio": 1.0}
+
+    def window_arrays(self, task):
+        if self.fail_prepare:
+            raise RuntimeError("decoder broke")
+        n = len(task.source_indices)
+        frames = np.stack([np.full((SIZE, SIZE, 3), 10 * i, np.uint8) for i in task.source_indices])
+        masks = np.full((n, SIZE, SIZE), 255, np.uint8)
+        return {"source_frames": frames, "source_poses": frames, "target_poses": frames, "source_masks": masks,
+                "target_masks": masks}
+
+
+class FakeModel:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    def identity(self):
+        return {"model": "fake", "weights_id": "fake-1", "estimator": "shared", "dtype": "float32", "device": "cpu"}
+
+    def edit(self, window, opts):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("out of memory")
+        return SimpleNamespace(frames=255 - window.source_frames)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return RunConfig(manifest="", out=str(tmp_path / "out"))
+
+
+def _request(cfg, **kw):
+    raw = {"request_id": "r1", "source": "/data/src.mp4", "driving": "/data/drv.mp4", "size": SIZE, "window": 6,
+           "overlap": 2, "steps": 2, **kw}
+    return parse_row(raw, row=1, out=cfg.out)
+
+
+def _run(cfg, req, cond=None, model=None):
+    cond, model = cond or FakeConditioner(), model or FakeModel()
+    tasks = plan_request(req, cfg, cond)
+    return [edit_task(prepare_task(t, cond), model, model.identity(), cfg) for t in tasks]
+
+
+def test_plan_probes_each_input_once_and_covers_every_frame(cfg):
+    cond = FakeConditioner()
+    tasks = plan_request(_request(cfg), cfg, cond)
+    assert cond.probed == ["/data/src.mp4", "/data/drv.mp4"]
+    assert [(t.start, t.end) for t in tasks] == [(0, 6), (4, 10)]
+    assert all(t.status == "pending" and t.count == 2 and t.plan.frames == 10 for t in tasks)
+    assert tasks[1].source_indices == list(range(4, 10))
+    assert len({t.window_id for t in tasks}) == 2 and all(t.uri.endswith(f"{t.window_id}.npz") for t in tasks)
+
+
+def test_plan_of_a_frame_range_and_a_bad_input(cfg):
+    tasks = plan_request(_request(cfg, frame_start=3, frame_end=10), cfg, FakeConditioner())
+    assert [t.source_indices for t in tasks] == [list(range(3, 9)), list(range(4, 10))]
+    assert [t.driving_indices for t in tasks] == [list(range(0, 6)), list(range(1, 7))]
+    (failed,) = plan_request(_request(cfg), cfg, FakeConditioner(fail_probe=True))
+    assert failed.index == PLAN_FAILED and failed.status == "failed"
+    assert failed.error.startswith("plan: InputError: /data/src.mp4") and "not a video" in failed.error
+
+
+def test_prepare_and_edit_write_the_window_and_fail_their_own_row(cfg):
+    tasks = _run(cfg, _request(cfg))
+    assert [t.status for t in tasks] == ["succeeded", "succeeded"]
+    z = storage.read_npz(tasks[0].uri)
+    np.testing.assert_array_equal(z["frames"][1], np.full((SIZE, SIZE, 3), 245, np.uint8))
+    assert json.loads(str(z["identity"]))["weights_id"] == "fake-1"
+    assert tasks[0].payload is None and tasks[0].identity["model"] == "fake"
+    assert tasks[0].times.model is not None and tasks[0].times.prepare is not None
+    bad = _run(cfg, _request(cfg, request_id="r2"), cond=FakeConditioner(fail_prepare=True))
+    assert bad[1].error == "prepare window 1: RuntimeError: decoder broke"
+    model = FakeModel(fail=True)
+    bad = _run(cfg, _request(cfg, request_id="r3"), model=model)
+    assert bad[0].error == "edit window 0: RuntimeError: out of memory" and model.calls == 2
+
+
+def test_prepare_payload_holds_the_model_inputs_only(cfg):
+    (task, _) = plan_request(_request(cfg), cfg, FakeConditioner())
+    task = prepare_task(task, FakeConditioner())
+    import io
+
+    with np.load(io.BytesIO(task.payload)) as z:
+        assert sorted(z.files) == sorted(MODEL_INPUTS)
+
+
+def test_finish_stitches_a_video_and_a_rerun_skips_it(cfg):
+    req = _request(cfg)
+    row = finish_request(_run(cfg, req), cfg)
+    assert row["status"] == "succeeded", row["error"]
+    assert (row["frames"], row["windows"], row["model"], row["weights_id"]) == (10, 2, "fake", "fake-1")
+    meta = probe_output(row["output_uri"])
+    assert meta["frames"] == 10 and (meta["width"], meta["height"]) == (48, 32)  # the source size
+    assert skipped_row(req, cfg)["status"] == "skipped"
+    model = FakeModel()
+    again = _run(cfg, req, model=model)  # the windows are on storage: nothing is edited again
+    assert [t.status for t in again] == ["skipped", "skipped"] and model.calls == 0
+
+
+def test_finish_reports_the_first_failed_window(cfg):
+    tasks = _run(cfg, _request(cfg), model=FakeModel(fail=True))
+    row = finish_request(tasks, cfg)
+    assert row["status"] == "failed" and row["error"].startswith("edit window 0:") and row["windows"] == 2
+    assert not storage.exists(row["output_uri"])
+
+
+def test_window_task_round_trips_through_arrow(cfg):
+    (task, _) = plan_request(_request(cfg), cfg, FakeConditioner())
+    task.plan.transform.update(mode="bones", bone_scale={"1-2": 1.5}, src_anchor=[1.0, 2.0], keep_x=True)
+    task.payload = b"npz"
+    table = tasks_to_table([task])
+    assert table.schema == TASK_SCHEMA
+    assert pa.types.is_struct(table.schema.field("request").type)
+    assert pa.types.is_list(table.schema.field("source_indices").type)
+    (back,) = tasks_from_table(table)
+    # a transform key whose value is None comes back absent (readers use .get, which gives None for both)
+    assert back.plan.transform == {k: v for k, v in task.plan.transform.items() if v is not None}
+    back.plan.transform = task.plan.transform
+    assert back == task
+    task.plan.transform["new_key"] = 1.0
+    with pytest.raises(ValueError, match="new_key"):
+        tasks_to_table([task])
+
+
+def test_request_plan_keeps_absent_transform_keys_absent():
+    plan = RequestPlan(frames=1, fps="24/1", source_fps=24.0, has_audio=False,
+                       geometry={"scale": 1.0, "ox": 0, "oy": 0}, source_hw=(8, 8), transform={"version": 1})
+    table = pa.Table.from_pylist([{"plan": plan.to_row()}], schema=pa.schema([TASK_SCHEMA.field("plan")]))
+    assert RequestPlan.from_row(table.to_pylist()[0]["plan"]).transform == {"version": 1}
+
+
+def test_window_task_defaults_are_a_failed_plan_shape(cfg):
+    t = WindowTask(_request(cfg)).fail("plan", ValueError("x"))
+    assert t.plan_failed and t.error == "plan: ValueError: x"
+
+
+@pytest.mark.parametrize("cpus, expect", [
+    (16, StageResources()),  # fits: unchanged
+    (2, StageResources(cpus_per_actor=0.75, prepare_cpus=0.75, plan_cpus=0.25, stitch_cpus=0.25)),
+])
+def test_resources_fit_the_cluster(cpus, expect):
+    fitted = StageResources().fit(cpus)
+    assert fitted == expect
+    need = fitted.cpus_per_actor + fitted.prepare_cpus + fitted.plan_cpus + fitted.stitch_cpus
+    assert need <= cpus
+
+
+def test_resources_that_cannot_fit_raise():
+    with pytest.raises(ValueError, match="cannot hold 40 edit"):
+        StageResources(actors=40, prepare_actors=40).fit(2)
+    assert StageResources(auto_fit=False).fit(0.5) == StageResources(auto_fit=False)
