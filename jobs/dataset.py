@@ -30,201 +30,33 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-import yaml
-
-from pipelines.batch.requests import COLUMNS, ManifestError, parse_row, read_raw_rows, write_manifest
+from jobs.dataset_spec import (
+    GLOB_CHARS,
+    PARTITION_PREFIX,
+    Catalog,
+    DatasetSpec,
+    DatasetSpecError,
+    Pairing,
+    RunOptions,
+    load_spec,
+    parse_spec,
+)
+from pipelines.batch.requests import ManifestError, parse_row, read_raw_rows, write_manifest
 from pipelines.batch.results import read_results
 from pipelines.media import storage
 
 log = logging.getLogger(__name__)
 
-PAIRING_RULES = ("all", "random")
-EDIT_KEYS = tuple(c for c in COLUMNS if c not in ("source", "driving", "request_id", "output"))
-RUN_KEYS = ("preset", "weights", "dtype", "actors", "prepare_actors", "gpus_per_actor", "max_retries",
-            "pose_backend", "crossfade")
 PRODUCED = ("succeeded", "skipped")
-PARTITION_PREFIX = "run_date="
 REQUESTS_NAME = "requests.parquet"
 RESULTS_NAME = "results.parquet"
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_CATALOG_MANIFEST_EXT = (".parquet", ".pq", ".csv", ".jsonl", ".ndjson", ".txt")
-
-
-class DatasetSpecError(ValueError):
-    """An invalid dataset spec or catalog; the message names the file and the field."""
-
-
-# ------------------------------------------------------------------------------------------------------ spec
-
-@dataclass(frozen=True)
-class Catalog:
-    """Videos (or motions) from URI globs, or from a manifest file's ``column``."""
-
-    globs: tuple[str, ...] = ()
-    manifest: Optional[str] = None
-    column: str = "uri"
-
-
-@dataclass(frozen=True)
-class Pairing:
-    rule: str = "all"
-    k: int = 1
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Pipeline options of a dataset run (a subset of the ``mf retarget`` run options)."""
-
-    preset: str = "tiny"
-    weights: Optional[str] = None
-    dtype: Optional[str] = None
-    actors: int = 1
-    prepare_actors: int = 1
-    gpus_per_actor: Optional[float] = None
-    max_retries: int = 2
-    pose_backend: str = "mediapipe"
-    crossfade: bool = True
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    sources: Catalog
-    motions: Catalog
-    output: str
-    pairing: Pairing = field(default_factory=Pairing)
-    edit: Mapping[str, Any] = field(default_factory=dict)
-    schedule: Optional[str] = None
-    run: RunOptions = field(default_factory=RunOptions)
-    uri: str = ""  # where the spec was read from
-
-    def partition(self, day: str) -> str:
-        return storage.join(self.output, f"{PARTITION_PREFIX}{day}")
-
-
-def _catalog(where: str, value: Any, base: str) -> Catalog:
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, list):
-        if not value or not all(isinstance(v, str) and v.strip() for v in value):
-            raise DatasetSpecError(f"{where}: expected a URI glob, a list of globs or {{manifest: URI}}")
-        one = value[0]
-        if len(value) == 1 and not _GLOB_CHARS.search(one) and one.lower().endswith(_CATALOG_MANIFEST_EXT):
-            return Catalog(manifest=storage.resolve(base, one))
-        return Catalog(globs=tuple(storage.resolve(base, v) for v in value))
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"glob", "manifest", "column"}
-        if unknown:
-            raise DatasetSpecError(f"{where}: unknown keys {sorted(unknown)} (use glob, manifest, column)")
-        if ("glob" in value) == ("manifest" in value):
-            raise DatasetSpecError(f"{where}: give exactly one of 'glob' or 'manifest'")
-        if "glob" in value:
-            globs = value["glob"] if isinstance(value["glob"], list) else [value["glob"]]
-            if not globs or not all(isinstance(g, str) and g.strip() for g in globs):
-                raise DatasetSpecError(f"{where}.glob: expected a URI glob or a list of them")
-            return Catalog(globs=tuple(storage.resolve(base, g) for g in globs))
-        if not isinstance(value["manifest"], str) or not value["manifest"].strip():
-            raise DatasetSpecError(f"{where}.manifest: expected a URI")
-        column = value.get("column", "uri")
-        if not isinstance(column, str):
-            raise DatasetSpecError(f"{where}.column: expected a column name")
-        return Catalog(manifest=storage.resolve(base, value["manifest"]), column=column)
-    raise DatasetSpecError(f"{where}: expected a URI glob, a list of globs or a mapping, got {type(value).__name__}")
-
-
-def _int(where: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise DatasetSpecError(f"{where}: expected an integer >= {lo}, got {v!r}")
-    return v
-
-
-def parse_spec(doc: Any, uri: str = "<spec>") -> DatasetSpec:
-    """Validate a parsed YAML document into a :class:`DatasetSpec` (errors name ``uri`` and the field)."""
-    if not isinstance(doc, Mapping):
-        raise DatasetSpecError(f"{uri}: the spec must be a YAML mapping")
-    known = {"name", "sources", "motions", "pairing", "edit", "output", "schedule", "run"}
-    unknown = set(doc) - known
-    if unknown:
-        raise DatasetSpecError(f"{uri}: unknown fields {sorted(unknown)} (known: {sorted(known)})")
-    for req in ("sources", "motions", "output"):
-        if doc.get(req) in (None, "", []):
-            raise DatasetSpecError(f"{uri}: field '{req}' is required")
-    base = storage.parent(uri) if uri and not uri.startswith("<") else ""
-    if not isinstance(doc["output"], str):
-        raise DatasetSpecError(f"{uri}: field 'output': expected a URI")
-    output = storage.resolve(base, doc["output"]).rstrip("/")
-    name = doc.get("name") or storage.basename(output)
-    if not isinstance(name, str):
-        raise DatasetSpecError(f"{uri}: field 'name': expected a string")
-
-    p = doc.get("pairing") or {"rule": "all"}
-    if isinstance(p, str):
-        p = {"rule": p}
-    if not isinstance(p, Mapping):
-        raise DatasetSpecError(f"{uri}: field 'pairing': expected a mapping {{rule, k, seed}}")
-    if set(p) - {"rule", "k", "seed"}:
-        raise DatasetSpecError(f"{uri}: field 'pairing': unknown keys {sorted(set(p) - {'rule', 'k', 'seed'})}")
-    rule = p.get("rule", "all")
-    if rule not in PAIRING_RULES:
-        raise DatasetSpecError(f"{uri}: field 'pairing.rule': expected one of {PAIRING_RULES}, got {rule!r}")
-    if rule == "random" and "k" not in p:
-        raise DatasetSpecError(f"{uri}: field 'pairing.k' is required with rule 'random'")
-    pairing = Pairing(rule=rule, k=_int(f"{uri}: field 'pairing.k'", p.get("k", 1), 1),
-                      seed=_int(f"{uri}: field 'pairing.seed'", p.get("seed", 0), 0))
-
-    edit = doc.get("edit") or {}
-    if not isinstance(edit, Mapping):
-        raise DatasetSpecError(f"{uri}: field 'edit': expected a mapping of request-manifest columns")
-    bad = set(edit) - set(EDIT_KEYS)
-    if bad:
-        raise DatasetSpecError(f"{uri}: field 'edit': unknown parameters {sorted(bad)} (known: {list(EDIT_KEYS)})")
-    try:  # validate the values exactly as the pipeline will
-        parse_row({"source": "s", "driving": "d", **edit}, 1, output)
-    except ValueError as exc:
-        raise DatasetSpecError(f"{uri}: field 'edit': {exc}") from None
-
-    schedule = doc.get("schedule")
-    if schedule is not None:
-        from croniter import croniter
-
-        if not isinstance(schedule, str) or not croniter.is_valid(schedule):
-            raise DatasetSpecError(f"{uri}: field 'schedule': not a valid cron expression: {schedule!r}")
-
-    run = doc.get("run") or {}
-    if not isinstance(run, Mapping) or set(run) - set(RUN_KEYS):
-        extra = sorted(set(run) - set(RUN_KEYS)) if isinstance(run, Mapping) else run
-        raise DatasetSpecError(f"{uri}: field 'run': unknown options {extra} (known: {list(RUN_KEYS)})")
-    try:
-        run_opts = RunOptions(**run)
-    except TypeError as exc:
-        raise DatasetSpecError(f"{uri}: field 'run': {exc}") from None
-    for key in ("actors", "prepare_actors"):
-        _int(f"{uri}: field 'run.{key}'", getattr(run_opts, key), 1)
-
-    return DatasetSpec(name=name, sources=_catalog(f"{uri}: field 'sources'", doc["sources"], base),
-                       motions=_catalog(f"{uri}: field 'motions'", doc["motions"], base), output=output,
-                       pairing=pairing, edit=dict(edit), schedule=schedule, run=run_opts, uri=uri)
-
-
-def load_spec(uri: str) -> DatasetSpec:
-    """Read a YAML spec from any fsspec URI."""
-    try:
-        text = storage.read_bytes(uri).decode("utf-8")
-    except FileNotFoundError:
-        raise DatasetSpecError(f"{uri}: dataset spec not found") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DatasetSpecError(f"{uri}: not valid YAML: {exc}") from None
-    return parse_spec(doc, uri)
 
 
 # ------------------------------------------------------------------------------------------------------ catalogs
@@ -253,7 +85,7 @@ def list_catalog(cat: Catalog, where: str = "catalog") -> list[str]:
     for pattern in cat.globs:
         fs, path = storage.open_fs(pattern)
         local = storage.is_local(pattern)
-        matches = fs.glob(path) if _GLOB_CHARS.search(path) else ([path] if fs.exists(path) else [])
+        matches = fs.glob(path) if GLOB_CHARS.search(path) else ([path] if fs.exists(path) else [])
         for m in matches:
             out.add(m if local else fs.unstrip_protocol(m))
     return sorted(out)

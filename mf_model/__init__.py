@@ -7,15 +7,43 @@ Public API::
     model = load_model("/models/motionfollower", dtype="fp16", device="cuda")   # or load_model() → tiny preset
     result = model.edit(EditWindow(...), EditOptions(steps=50, cfg=3.5, camera=False))
     result.frames  # (F, H, W, 3) uint8
-"""
-from mf_model.config import PRESETS, ModelConfig, preset
-from mf_model.loading import CoverageReport, WeightsError
-from mf_model.model import MotionFollower, load_model, parse_dtype
-from mf_model.noise import ArrayNoise, FrameIndexedNoise, NoiseProvider, SequentialNoise
-from mf_model.window import MAX_WINDOW_FRAMES, EditOptions, EditResult, EditWindow, WindowError
 
-__all__ = [
-    "ArrayNoise", "CoverageReport", "EditOptions", "EditResult", "EditWindow", "FrameIndexedNoise",
-    "MAX_WINDOW_FRAMES", "ModelConfig", "MotionFollower", "NoiseProvider", "PRESETS", "SequentialNoise",
-    "WeightsError", "WindowError", "load_model", "parse_dtype", "preset",
-]
+Names resolve lazily (as in diffusers): ``from mf_model.window import EditOptions`` or ``MAX_WINDOW_FRAMES`` costs no
+torch import, so the pipeline's manifests and planning can use the model's own defaults and limits.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "mf_model.config": ("PRESETS", "ModelConfig", "preset"),
+    "mf_model.loading": ("CoverageReport", "WeightsError"),
+    "mf_model.model": ("MotionFollower", "load_model", "parse_dtype"),
+    "mf_model.noise": ("ArrayNoise", "FrameIndexedNoise", "NoiseProvider", "SequentialNoise"),
+    "mf_model.window": ("MAX_WINDOW_FRAMES", "EditOptions", "EditResult", "EditWindow", "WindowError"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mf_model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from mf_model.config import PRESETS, ModelConfig, preset  # noqa: F401
+    from mf_model.loading import CoverageReport, WeightsError  # noqa: F401
+    from mf_model.model import MotionFollower, load_model, parse_dtype  # noqa: F401
+    from mf_model.noise import ArrayNoise, FrameIndexedNoise, NoiseProvider, SequentialNoise  # noqa: F401
+    from mf_model.window import MAX_WINDOW_FRAMES, EditOptions, EditResult, EditWindow, WindowError  # noqa: F401

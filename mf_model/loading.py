@@ -40,24 +40,24 @@ class WeightsError(ValueError):
 
 
 # --- fsspec file access --------------------------------------------------------------------------------------
-def _fs(uri: str):
+def open_fs(uri: str):
     fs, path = fsspec.core.url_to_fs(uri)
     return fs, path
 
 
-def _join(root: str, *parts: str) -> str:
+def join_uri(root: str, *parts: str) -> str:
     if "://" in root:
         return posixpath.join(root, *parts)
     return os.path.join(root, *parts)
 
 
 def exists(uri: str) -> bool:
-    fs, path = _fs(uri)
+    fs, path = open_fs(uri)
     return fs.exists(path)
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = _fs(uri)
+    fs, path = open_fs(uri)
     if not fs.exists(path):
         raise WeightsError(f"missing weight file: {uri}")
     with fs.open(path, "rb") as fh:
@@ -91,7 +91,7 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
 
 def first_existing(root: str, names: list[str]) -> str:
     for n in names:
-        uri = _join(root, n)
+        uri = join_uri(root, n)
         if exists(uri):
             return uri
     raise WeightsError(f"missing weight file: none of {names} in {root}")
@@ -212,29 +212,30 @@ def locate_official(uri: str) -> OfficialLayout:
         missing = [k for k in need if k not in cfg]
         if missing:
             raise WeightsError(f"{uri}: missing keys {missing}")
-        rel = lambda p: p if ("://" in p or p.startswith("/")) else _join(root, p)  # noqa: E731
+        rel = lambda p: p if ("://" in p or p.startswith("/")) else join_uri(root, p)  # noqa: E731
         motion_kwargs = {}
         if cfg.get("inference_config"):
             inf = yaml.safe_load(read_bytes(rel(cfg["inference_config"]))) or {}
             motion_kwargs = (inf.get("unet_additional_kwargs") or {}).get("motion_module_kwargs") or {}
-        est = _join(root, "weights", "estimator_appearance_adapter.safetensors")
+        est = join_uri(root, "weights", "estimator_appearance_adapter.safetensors")
         est_cfg = cfg.get("estimator_appearance_adapter_path")
         est = rel(est_cfg) if est_cfg else (est if exists(est) else None)
         return OfficialLayout(
-            base_unet=_join(rel(cfg["pretrained_base_model_path"]), "unet"),
+            base_unet=join_uri(rel(cfg["pretrained_base_model_path"]), "unet"),
             image_encoder=rel(cfg["image_encoder_path"]), vae=rel(cfg["pretrained_vae_path"]),
             denoising_unet=rel(cfg["denoising_unet_path"]), pose_guider=rel(cfg["pose_guider_path"]),
             motion_module=rel(cfg["motion_module_path"]), estimator_adapter=est, motion_kwargs=motion_kwargs,
             weight_dtype=cfg.get("weight_dtype"))
-    base = _join(uri, "sd-image-variations-diffusers")
-    est = _join(uri, "estimator_appearance_adapter.safetensors")
+    base = join_uri(uri, "sd-image-variations-diffusers")
+    est = join_uri(uri, "estimator_appearance_adapter.safetensors")
     layout = OfficialLayout(
-        base_unet=_join(base, "unet"), image_encoder=_join(base, "image_encoder"), vae=_join(uri, "sd-vae-ft-mse"),
-        denoising_unet=_join(uri, "denoising_unet.pth"), pose_guider=_join(uri, "poctr.pth"),
-        motion_module=_join(uri, "motion_module.pth"), estimator_adapter=est if exists(est) else None)
+        base_unet=join_uri(base, "unet"), image_encoder=join_uri(base, "image_encoder"),
+        vae=join_uri(uri, "sd-vae-ft-mse"),
+        denoising_unet=join_uri(uri, "denoising_unet.pth"), pose_guider=join_uri(uri, "poctr.pth"),
+        motion_module=join_uri(uri, "motion_module.pth"), estimator_adapter=est if exists(est) else None)
     missing = [p for p in (layout.denoising_unet, layout.pose_guider, layout.motion_module,
-                           _join(layout.base_unet, "config.json"), _join(layout.image_encoder, "config.json"),
-                           _join(layout.vae, "config.json")) if not exists(p)]
+                           join_uri(layout.base_unet, "config.json"), join_uri(layout.image_encoder, "config.json"),
+                           join_uri(layout.vae, "config.json")) if not exists(p)]
     if missing:
         raise WeightsError(f"{uri}: not a MotionFollower weights directory; missing " + ", ".join(missing))
     return layout
@@ -243,7 +244,7 @@ def locate_official(uri: str) -> OfficialLayout:
 def detect_format(uri: str) -> str:
     if uri.endswith((".yaml", ".yml")):
         return "official"
-    if exists(_join(uri, MF_CONFIG)):
+    if exists(join_uri(uri, MF_CONFIG)):
         return "mf"
     if not exists(uri):
         raise WeightsError(f"weights not found: {uri}")

@@ -189,17 +189,17 @@ class MotionFollower:
         if estimator not in ESTIMATOR_MODES:
             raise ValueError(f"estimator must be one of {ESTIMATOR_MODES}, got {estimator!r}")
         lay = loading.locate_official(uri)
-        base_cfg = loading.read_json(loading._join(lay.base_unet, "config.json"))
+        base_cfg = loading.read_json(loading.join_uri(lay.base_unet, "config.json"))
         ucfg = UNetConfig.from_diffusers(base_cfg, lay.motion_kwargs)
         base_sd = loading.load_state_dict(loading.first_existing(
             lay.base_unet, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]))
         motion_sd = loading.load_state_dict(lay.motion_module)
         den_sd = loading.load_state_dict(lay.denoising_unet)
         pg_sd = loading.load_state_dict(lay.pose_guider)
-        vae_cfg = loading.read_json(loading._join(lay.vae, "config.json"))
+        vae_cfg = loading.read_json(loading.join_uri(lay.vae, "config.json"))
         vae_sd = loading.rename_legacy_vae(loading.load_state_dict(loading.first_existing(
             lay.vae, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"])))
-        clip_cfg = loading.read_json(loading._join(lay.image_encoder, "config.json"))
+        clip_cfg = loading.read_json(loading.join_uri(lay.image_encoder, "config.json"))
         clip_sd = loading.load_state_dict(loading.first_existing(
             lay.image_encoder, ["model.safetensors", "pytorch_model.bin"]))
         config = ModelConfig(unet=ucfg, pose_guider=_pose_guider_config(pg_sd), vae=vae_cfg, image_encoder=clip_cfg,
@@ -243,7 +243,7 @@ class MotionFollower:
     def save(self, uri: str) -> None:
         """Write our single-directory format: ``mf_config.json`` + one safetensors file per network."""
         from safetensors.torch import save
-        fs, path = loading._fs(uri)
+        fs, path = loading.open_fs(uri)
         fs.makedirs(path, exist_ok=True)
         files = {"denoising_unet": self.unet, "pose_guider": self.pose_guider, "vae": self.vae,
                  "image_encoder": self.image_encoder}
@@ -251,15 +251,15 @@ class MotionFollower:
             files["estimator"] = self.estimator
         for name, module in files.items():
             sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-            with fs.open(loading._join(path, f"{name}.safetensors"), "wb") as fh:
+            with fs.open(loading.join_uri(path, f"{name}.safetensors"), "wb") as fh:
                 fh.write(save(sd))
         meta = {"config": self.config.to_dict(), "estimator": self.estimator_mode, "weights_id": self.weights_id}
-        with fs.open(loading._join(path, loading.MF_CONFIG), "w") as fh:
+        with fs.open(loading.join_uri(path, loading.MF_CONFIG), "w") as fh:
             json.dump(meta, fh, indent=1)
 
     @classmethod
     def from_mf(cls, uri: str, device="cpu", dtype="fp32") -> MotionFollower:
-        meta = loading.read_json(loading._join(uri, loading.MF_CONFIG))
+        meta = loading.read_json(loading.join_uri(uri, loading.MF_CONFIG))
         config = ModelConfig.from_dict(meta["config"])
         unet = UNet3DConditionModel(config.unet)
         est = UNet3DConditionModel(config.unet) if meta.get("estimator") == "official" else None
@@ -271,7 +271,7 @@ class MotionFollower:
         if est is not None:
             parts.append(("estimator", est))
         for name, module in parts:
-            sd = loading.load_state_dict(loading._join(uri, f"{name}.safetensors"))
+            sd = loading.load_state_dict(loading.join_uri(uri, f"{name}.safetensors"))
             report.modules.append(loading.merge_into(module, name, [(f"{name}.safetensors", sd)]))
         report.raise_if_incomplete()
         model = cls(config, unet, pg, vae, clip, est, weights_id=meta.get("weights_id", "mf"), coverage=report)

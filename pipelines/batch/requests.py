@@ -48,10 +48,11 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mf_model.window import MAX_WINDOW_FRAMES, EditOptions
 from pipelines.conditioning.window_inputs import LENGTH_POLICIES
 from pipelines.media import storage
 from pipelines.windows import ids
-from pipelines.windows.planning import MAX_WINDOW
+from pipelines.windows.planning import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 REQUIRED_COLUMNS = ("source", "driving")
 
@@ -69,12 +70,12 @@ class Request:
     driving: str
     output: str
     preview_output: Optional[str] = None
-    steps: int = 50
-    cfg: float = 3.5
-    seed: int = 42
-    camera: bool = False
-    window: int = 24
-    overlap: int = 8
+    steps: int = EditOptions.steps
+    cfg: float = EditOptions.cfg
+    seed: int = EditOptions.seed
+    camera: bool = EditOptions.camera
+    window: int = DEFAULT_WINDOW
+    overlap: int = DEFAULT_OVERLAP
     size: int = 512
     fps: Optional[float] = None
     frame_start: int = 0
@@ -214,8 +215,8 @@ def _check_values(p: dict[str, Any]) -> None:
         bad("cfg", "must be >= 0")
     if not 0 <= p["seed"] < 2**63:
         bad("seed", "must be in 0..2**63-1")
-    if not 1 <= p["window"] <= MAX_WINDOW:
-        bad("window", f"must be in 1..{MAX_WINDOW}")
+    if not 1 <= p["window"] <= MAX_WINDOW_FRAMES:
+        bad("window", f"must be in 1..{MAX_WINDOW_FRAMES}")
     if not 0 <= p["overlap"] < p["window"]:
         bad("overlap", f"must be >= 0 and smaller than window ({p['window']})")
     if p["size"] % 8 or not 64 <= p["size"] <= 2048:

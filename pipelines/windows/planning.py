@@ -2,7 +2,8 @@
 
 Planning rules:
 
-- a window holds at most :data:`MAX_WINDOW` (32) frames — the motion modules' temporal position encoding;
+- a window holds at most :data:`~mf_model.window.MAX_WINDOW_FRAMES` (32) frames — the motion modules'
+  temporal position encoding;
 - default 24 frames with an overlap of 8, i.e. a stride of 16;
 - windows start at 0, 16, 32, ... and the **last window is end-aligned** to the last frame, so its overlap with the
   previous window can be larger than ``overlap`` (never smaller);
@@ -25,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from mf_model.window import MAX_WINDOW_FRAMES
 from pipelines.windows import ids
 
-MAX_WINDOW = 32
 DEFAULT_WINDOW = 24
 DEFAULT_OVERLAP = 8
 
@@ -60,8 +61,8 @@ def validate_window_params(window: int, overlap: int) -> None:
         raise WindowPlanError(f"overlap must be an integer, got {overlap!r}")
     if window < 1:
         raise WindowPlanError(f"window must be at least 1 frame, got {window}")
-    if window > MAX_WINDOW:
-        raise WindowPlanError(f"window of {window} frames exceeds the maximum of {MAX_WINDOW}")
+    if window > MAX_WINDOW_FRAMES:
+        raise WindowPlanError(f"window of {window} frames exceeds the maximum of {MAX_WINDOW_FRAMES}")
     if overlap < 0:
         raise WindowPlanError(f"overlap must be >= 0, got {overlap}")
     if overlap >= window:

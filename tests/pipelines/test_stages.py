@@ -14,8 +14,7 @@ from pipelines.batch.config import RunConfig, StageResources
 from pipelines.batch.finish import finish_request, skipped_row
 from pipelines.batch.requests import parse_row
 from pipelines.batch.stages import Conditioner, edit_task, plan_request, prepare_task
-from pipelines.batch.tasks import (PLAN_FAILED, TASK_SCHEMA, RequestPlan, WindowTask, tasks_from_table,
-                                   tasks_to_table)
+from pipelines.batch.tasks import PLAN_FAILED, TASK_SCHEMA, RequestPlan, WindowTask, tasks_from_table, tasks_to_table
 from pipelines.conditioning.window_inputs import MODEL_INPUTS
 from pipelines.media import InputError, VideoInfo, storage
 from pipelines.media.encode import probe_output

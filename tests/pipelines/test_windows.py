@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mf_model.window import MAX_WINDOW_FRAMES
 from pipelines.windows import ids
 from pipelines.windows.planning import (
-    MAX_WINDOW,
     Window,
     WindowPlanError,
     crossfade_weights,
@@ -24,7 +24,7 @@ def _check_plan(n: int, window: int, overlap: int) -> list[Window]:
         assert w.index == i
         assert 0 <= w.start < w.end <= n  # never wraps
         assert w.length == min(window, n)
-        assert w.length <= MAX_WINDOW
+        assert w.length <= MAX_WINDOW_FRAMES
         covered[w.start:w.end] = True
         if i:
             prev = plan[i - 1]
