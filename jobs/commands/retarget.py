@@ -86,7 +86,8 @@ class _Bars:
             bar = self.bars[kind] = tqdm(total=total or None, desc=f"{kind}s", unit=kind, leave=True)
         if total and bar.total != total:
             bar.total = total
-        bar.update(done - bar.n)
+        if done > bar.n:
+            bar.update(done - bar.n)
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -199,6 +199,8 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None, prog
     finish_remote = ray.remote(num_cpus=cfg.resources.stitch_cpus,
                                max_retries=cfg.processing.max_retries)(finish_request)
     col = _Collector(cfg, len(man), metrics, progress, finish_remote)
+    if progress:
+        progress("request", 0, len(man))  # the bar's clock starts with the run
     for bad in man.invalid:
         col.add_result(ResultRow.for_invalid(bad).to_dict())
     todo = []

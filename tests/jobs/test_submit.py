@@ -60,6 +60,41 @@ def test_refused_token_is_a_clear_error():
     assert err.exit_code == EXIT_AUTH and "refused" in str(err) and "RAY_AUTH_MODE" in str(err)
 
 
+def test_submit_forwards_every_retarget_option():
+    """Every `mf retarget` option but the process-local ones, given to `mf submit`, reaches the job's `mf retarget`
+    with the same value as if given to `mf retarget` directly."""
+    import argparse
+
+    from jobs.commands import retarget, submit
+
+    parser = argparse.ArgumentParser(prog="mf")
+    sub = parser.add_subparsers(dest="command")
+    retarget.register(sub)
+    submit.register(sub)
+    options: list[str] = []
+    dests: set[str] = set()
+    for a in sub.choices["retarget"]._actions:
+        if not a.option_strings or a.dest in ("help", "out", *retarget.LOCAL_ONLY):
+            continue
+        dests.add(a.dest)
+        if isinstance(a, argparse._StoreTrueAction):
+            options.append(a.option_strings[-1])
+            continue
+        value = (next(c for c in a.choices if c != a.default) if a.choices
+                 else {int: "7", float: "0.5"}.get(a.type, "s3://models/mf"))
+        options += [a.option_strings[-1], value]
+    base = ["m.parquet", "--out", "s3://b/out"]
+    direct = vars(parser.parse_args(["retarget", *base, *options]))
+    forwarded = submit.forwarded_args(parser.parse_args(["submit", *base, "--address", "http://h:8265", *options]))
+    via_submit = vars(parser.parse_args(["retarget", *base, *forwarded]))
+    defaults = vars(parser.parse_args(["retarget", *base]))
+    changed = {k for k in direct if direct[k] != defaults[k]}
+    assert changed == dests  # every option was given a non-default value
+    assert {"weights", "output_scale", "cpus_per_actor", "prepare_cpus", "no_progress"} <= dests
+    assert via_submit == direct
+    assert SubmitRequest("m.parquet", "s3://b/out", forwarded).entrypoint().endswith(" ".join(forwarded))
+
+
 def test_runtime_env_carries_the_project():
     req = SubmitRequest("s3://b/req.parquet", "s3://b/out", ["--actors", "2"])
     rt = req.runtime_env()
