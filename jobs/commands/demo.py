@@ -99,7 +99,7 @@ def waving_track(first_frame: np.ndarray, frames: int, fps: int):
 
 
 def make_demo_inputs(out_dir: str, frames: int = 40, fps: int = 12, size: int = 128, steps: int = 12,
-                     window: int = 16, overlap: int = 4, weights_given: bool = False) -> DemoInputs:
+                     window: int = 16, overlap: int = 4) -> DemoInputs:
     """Write the demo source video, driving pose track and a one-request manifest under ``out_dir``."""
     from pipelines.conditioning.poses.keypoints import write_pose_track
 

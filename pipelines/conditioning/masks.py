@@ -37,14 +37,6 @@ def person_masks(frames: np.ndarray, extractor=None) -> np.ndarray:
     return binarize(prob)
 
 
-def _bone_lengths(body: np.ndarray, thr: float = 0.3) -> np.ndarray:
-    out = np.full(len(MASK_BONES), np.nan, np.float32)
-    for i, (a, b) in enumerate(MASK_BONES):
-        if body[a, 2] > thr and body[b, 2] > thr:
-            out[i] = np.hypot(*(body[a, :2] - body[b, :2]))
-    return out
-
-
 def _seg_dist(px: np.ndarray, a: np.ndarray, b: np.ndarray):
     ab = b - a
     L2 = float(ab @ ab) + 1e-6

@@ -48,14 +48,6 @@ def is_local(uri: str) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def local_path(uri: str) -> str:
-    """The local filesystem path of a local URI (``file://x`` → ``/x``); raises for remote URIs."""
-    fs, path = open_fs(uri)
-    if not isinstance(fs, LocalFileSystem):
-        raise ValueError(f"{uri} is not on the local filesystem")
-    return path
-
-
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI, keeping its scheme (``join("s3://b/run", "videos", "x.mp4")``)."""
     uri = str(uri)
