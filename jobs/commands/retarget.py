@@ -34,6 +34,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-scale", choices=("source", "model"), default="source",
                    help="output video at the source resolution (default; the edit is upscaled) or at model scale")
     p.add_argument("--no-crossfade", action="store_true", help="hard cut at overlap midpoints (for comparisons)")
+    p.add_argument("--keep-windows", action="store_true",
+                   help="keep each request's edited windows (<out>/windows/) after its video is committed")
     p.add_argument("--pose-backend", default="mediapipe", choices=("mediapipe", "dwpose"))
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -65,7 +67,8 @@ def run_config(args: argparse.Namespace, *, manifest: str, out: str, gpus: float
         resources=StageResources(actors=args.actors, gpus_per_actor=gpus, prepare_actors=args.prepare_actors,
                                  **shares),
         processing=ProcessingOptions(max_retries=args.max_retries, crossfade=not args.no_crossfade,
-                                     pose_backend=args.pose_backend, output_scale=args.output_scale),
+                                     pose_backend=args.pose_backend, output_scale=args.output_scale,
+                                     keep_windows=args.keep_windows),
         **fields)
 
 

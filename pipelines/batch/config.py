@@ -106,6 +106,7 @@ class ProcessingOptions:
     crossfade: bool = True
     output_scale: str = "source"  # "source": edit upscaled to the source resolution; "model": model scale
     compress_windows: bool = False
+    keep_windows: bool = False  # keep <out>/windows/<request_id>/ after the request's video is committed
     encode_preset: str = "medium"
     encode_crf: int = 18
 

@@ -10,7 +10,8 @@ column            default   meaning
 ================  ========  ===========================================================================
 ``source``        required  source video URI (the person whose appearance and background are kept)
 ``driving``       required  driving motion: a video, a frame folder, or a pose-track file URI
-``request_id``    derived   default: uuid5 of source, driving and a hash of the parameters below
+``request_id``    derived   default: uuid5 of source, driving and a hash of the parameters below (given:
+                            1-128 of ``A-Za-z0-9._-``, starting with a letter or digit, no ``..``)
 ``output``        derived   default: ``<out>/videos/<request_id>.mp4``
 ``steps``         50        sampler steps (the official schedule is exact at 50, scaled otherwise)
 ``cfg``           3.5       classifier-free guidance scale (>= 0)
@@ -41,6 +42,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -55,6 +57,12 @@ from pipelines.windows import ids
 from pipelines.windows.planning import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 REQUIRED_COLUMNS = ("source", "driving")
+# request ids name files and folders under --out: no separators, no "..", no "::" (fsspec chaining), no controls
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def valid_request_id(rid: str) -> bool:
+    return bool(REQUEST_ID_RE.match(rid)) and ".." not in rid
 
 
 class ManifestError(ValueError):
@@ -209,6 +217,9 @@ def _check_values(p: dict[str, Any]) -> None:
     def bad(col: str, msg: str) -> None:
         raise _RowError(f"column '{col}': {msg}, got {p[col]!r}")
 
+    if p["request_id"] is not None and not valid_request_id(p["request_id"]):
+        bad("request_id", "must be 1-128 letters, digits, '.', '_' or '-', start with a letter or digit and hold "
+                          "no '..'")
     if not 1 <= p["steps"] <= 1000:
         bad("steps", "must be in 1..1000")
     if p["cfg"] < 0:
@@ -335,7 +346,8 @@ def read_manifest(uri: str, out: str, *, strict: bool = False) -> Manifest:
                 raise ManifestError(msg) from exc
             src, drv = raw.get("source"), raw.get("driving")
             given = raw.get("request_id")
-            rid = given.strip() if isinstance(given, str) and given.strip() and given.strip() not in seen else \
+            given = given.strip() if isinstance(given, str) else ""
+            rid = given if valid_request_id(given) and given not in seen else \
                 ids.request_id(str(src), str(drv), {"invalid_row": n, "raw": {k: str(v) for k, v in raw.items()}})
             man.invalid.append(InvalidRow(n, rid, None if src is None else str(src),
                                           None if drv is None else str(drv), msg))

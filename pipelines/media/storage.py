@@ -6,17 +6,24 @@ which still never exposes a partial object under the final name. A killed writer
 never a half-written target.
 
 Window frames are stored as ``.npz`` (optionally zlib-compressed) of uint8 arrays.
+
+Content identity (:func:`content_identity`): what tells whether an input changed, without reading it — the
+filesystem's checksum or ETag where fsspec reports one (object stores), otherwise size and modification time; for a
+folder of frames, a hash over its files' identities.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import posixpath
 import shutil
 import tempfile
 import uuid
+import zipfile
 from collections.abc import Iterator
 from typing import IO
 
@@ -27,6 +34,8 @@ from fsspec.implementations.local import LocalFileSystem
 log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
+CONTENT_KEYS = ("ETag", "etag", "checksum", "md5", "content_md5", "crc32c")  # content hashes fsspec backends report
+MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
 
 
 def open_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -236,3 +245,53 @@ def copy_file(src: str, dst: str) -> None:
     sfs, spath = open_fs(src)
     with sfs.open(spath, "rb") as fin, atomic_open(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout, length=4 << 20)
+
+
+def _file_identity(info: dict) -> str:
+    for key in CONTENT_KEYS:
+        if info.get(key):
+            return f"{key.lower()}:{str(info[key]).strip(chr(34))}"
+    mtime = next((info[k] for k in MTIME_KEYS if info.get(k) is not None), None)
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"size:{info.get('size')};mtime:{mtime}"
+
+
+def content_identity(uri: str) -> str:
+    """The content identity of a file or folder (see the module docstring). Raises ``FileNotFoundError``."""
+    fs, path = open_fs(uri)
+    info = fs.info(path)
+    if info.get("type") != "directory":
+        return _file_identity(info)
+    entries = sorted((posixpath.relpath(k, path), _file_identity(v)) for k, v in fs.find(path, detail=True).items())
+    return "tree:" + hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:32]
+
+
+def check_writable(uri: str) -> None:
+    """Raise ``OSError`` (or the filesystem's error) unless a file can be written under the folder ``uri``."""
+    probe = join(uri, f".mf-write-check-{uuid.uuid4().hex[:8]}")
+    atomic_write_bytes(probe, b"")
+    remove(probe)
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a folder and everything below it (nothing when it does not exist)."""
+    fs, path = open_fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def npz_shapes(uri: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{name: (shape, dtype)}`` of the arrays of an ``.npz`` file, from their headers only (no array data is read).
+    Raises (``zipfile.BadZipFile``, ``ValueError``, ``OSError``) for a file that is not a readable npz."""
+    fs, path = open_fs(uri)
+    out = {}
+    with fs.open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
+        for name in zf.namelist():
+            with zf.open(name) as member:
+                version = np.lib.format.read_magic(member)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(member)
+            out[name.removesuffix(".npy")] = (tuple(shape), dtype)
+    return out
+
