@@ -9,6 +9,7 @@ from ray import serve
 from jobs.serve.config import ServeConfig
 from jobs.serve.store import StateStore, is_cancelled
 from pipelines.batch.config import ModelSpec, RunConfig
+from pipelines.batch.identity import model_key
 from pipelines.batch.requests import Request
 from pipelines.batch.single import edit_request
 
@@ -51,6 +52,7 @@ class EditWorker:
         self.spec = ModelSpec.for_gpus(cfg.gpus_per_replica, weights=cfg.weights, preset=cfg.preset,
                                        dtype=cfg.dtype)
         self.model = self.spec.load()
+        self.model_key = model_key(self.spec)
 
     def run(self, ns: str, edit_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Edit a queued request into its edit folder; returns the result row (``{"state": "cancelled"}`` when
@@ -61,7 +63,8 @@ class EditWorker:
         req = Request(**request)
         run_cfg = RunConfig(manifest="", out=self.store.edit_dir(ns, edit_id), model=self.spec)
         try:
-            row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id))
+            row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id),
+                               model_key=self.model_key)
         except EditCancelled:
             return {"state": "cancelled"}
         except Exception as exc:  # noqa: BLE001 - the edit fails, the replica lives on

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -27,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pipelines.batch.config import RunConfig
-from pipelines.batch.finish import finish_request, skipped_row
+from pipelines.batch.finish import finish_request, result_row, skipped_row
+from pipelines.batch.identity import RequestIdentity, model_key, request_identities
 from pipelines.batch.metrics import PipelineMetrics
 from pipelines.batch.ray_stages import EditStage, PrepareStage, configure_data_context, plan_batch, requests_table
 from pipelines.batch.requests import Manifest, Request, read_manifest
@@ -52,6 +55,7 @@ class RunSummary:
     edit_span_seconds: float = 0.0  # first edit started → last edit ended
     actors: int = 1
     results_uri: str = ""
+    bytes_written: int = 0  # output videos and previews of this run
     resources: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -82,7 +86,7 @@ class _Collector:
         self.t_start, self.wall_start = time.perf_counter(), time.time()
         self.results: list[dict[str, Any]] = []
         self.pending: dict[str, list[WindowTask]] = defaultdict(list)
-        self.futures: dict[Any, Request] = {}
+        self.futures: dict[Any, tuple[Request, RequestIdentity]] = {}
         self.window_counts: Counter = Counter()
         self.windows_known = self.windows_done = 0
         self.busy = self.model = 0.0
@@ -106,7 +110,7 @@ class _Collector:
         self._record(task)
         self.pending[rid].append(task)
         if len(self.pending[rid]) == task.count:
-            self.futures[self.finish_remote.remote(self.pending.pop(rid), self.cfg)] = task.request
+            self.futures[self.finish_remote.remote(self.pending.pop(rid), self.cfg)] = (task.request, task.inputs)
 
     def _record(self, task: WindowTask) -> None:
         t = task.times
@@ -130,20 +134,19 @@ class _Collector:
         done, _ = ray.wait(list(self.futures), num_returns=len(self.futures) if block else 1,
                            timeout=None if block else 0)
         for f in done:
-            req = self.futures.pop(f)
+            req, inputs = self.futures.pop(f)
             try:
                 row = ray.get(f)
             except Exception as exc:  # noqa: BLE001 - the finish task itself died (retries exhausted)
-                row = ResultRow.for_request(req, "failed", error=f"stitch: {error_text(exc)}").to_dict()
+                row = result_row(req, inputs, "failed", error=f"stitch: {error_text(exc)}")
             self.add_result(row)
 
     def close(self) -> None:
         self.collect(block=True)
         self.metrics.set_queue_depth(0)
         for tasks in self.pending.values():  # cannot happen unless rows were lost
-            self.add_result(ResultRow.for_request(tasks[0].request, "failed",
-                                                  error=f"only {len(tasks)} of {tasks[0].count} windows "
-                                                        "came back").to_dict())
+            self.add_result(result_row(tasks[0].request, tasks[0].inputs, "failed",
+                                       error=f"only {len(tasks)} of {tasks[0].count} windows came back"))
 
     def fill(self, summary: RunSummary) -> None:
         summary.windows = dict(self.window_counts)
@@ -154,13 +157,13 @@ class _Collector:
                                          - min(s for s, _ in self.edit_spans))
 
 
-def _stream(cfg: RunConfig, todo: list[Request], edit_stage: type):
+def _stream(cfg: RunConfig, todo: list[tuple[Request, RequestIdentity]], edit_stage: type):
     """The Ray Data pipeline over ``todo``: an iterator of Arrow batches of window tasks."""
     import ray.data
 
     configure_data_context()
     res = cfg.resources
-    ds = ray.data.from_arrow([requests_table(r) for r in todo])
+    ds = ray.data.from_arrow([requests_table(r, i) for r, i in todo])
     ds = ds.map_batches(plan_batch, fn_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
                         num_cpus=res.plan_cpus)
     ds = ds.map_batches(PrepareStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
@@ -186,6 +189,48 @@ def _sorted_results(results: list[dict[str, Any]], man: Manifest) -> list[dict[s
     return sorted(results, key=lambda r: order.get(r["request_id"], 0))
 
 
+def _fallback_results_uri(cfg: RunConfig) -> str:
+    return os.path.join(tempfile.gettempdir(), "mf-results", cfg.run_id, cfg.results_name)
+
+
+def _write_results(results: list[dict[str, Any]], cfg: RunConfig) -> str:
+    """The result manifest to ``<out>``; when that fails, to a local folder (logged) so no result is lost."""
+    try:
+        write_results(results, cfg.results_uri)
+        return cfg.results_uri
+    except Exception as exc:  # noqa: BLE001 - the results must land somewhere
+        fallback = _fallback_results_uri(cfg)
+        log.error("cannot write %s (%s): the result manifest is at %s", cfg.results_uri, error_text(exc), fallback)
+        write_results(results, fallback)
+        return fallback
+
+
+def _out_error(cfg: RunConfig) -> Optional[str]:
+    try:
+        storage.check_writable(cfg.out)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        log.error("--out %s is not writable: %s", cfg.out, error_text(exc))
+        return f"output: cannot write to {cfg.out}: {error_text(exc)}"
+
+
+def _triage(man: Manifest, cfg: RunConfig, col: _Collector) -> list[tuple[Request, RequestIdentity]]:
+    """Result rows for invalid, unwritable and already finished requests; the rest, with their identities, to do."""
+    for bad in man.invalid:
+        col.add_result(ResultRow.for_invalid(bad).to_dict())
+    out_error = _out_error(cfg)
+    todo = []
+    idents = request_identities(man.requests, model_key(cfg.model))
+    for req, inputs in zip(man.requests, idents):
+        if out_error:
+            col.add_result(result_row(req, inputs, "failed", error=out_error))
+        elif (done := skipped_row(req, inputs, cfg)) is not None:
+            col.add_result(done)
+        else:
+            todo.append((req, inputs))
+    return todo
+
+
 def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None, progress: Optional[Progress] = None,
                  *, edit_stage: type = EditStage) -> RunSummary:
     """Run a manifest end to end on the current Ray cluster. ``edit_stage``: an :class:`EditStage` subclass (tests
@@ -201,15 +246,7 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None, prog
     col = _Collector(cfg, len(man), metrics, progress, finish_remote)
     if progress:
         progress("request", 0, len(man))  # the bar's clock starts with the run
-    for bad in man.invalid:
-        col.add_result(ResultRow.for_invalid(bad).to_dict())
-    todo = []
-    for req in man.requests:
-        done = skipped_row(req, cfg)
-        if done is not None:
-            col.add_result(done)
-        else:
-            todo.append(req)
+    todo = _triage(man, cfg, col)
     if todo:
         for batch in _stream(cfg, todo, edit_stage):
             for task in tasks_from_table(batch):
@@ -217,10 +254,10 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None, prog
             col.collect(block=False)
         col.close()
     results = _sorted_results(col.results, man)
-    write_results(results, cfg.results_uri)
-    summary = RunSummary(actors=cfg.resources.actors, results_uri=cfg.results_uri,
+    summary = RunSummary(actors=cfg.resources.actors, results_uri=_write_results(results, cfg),
                          resources=cfg.resources.as_dict(), wall_seconds=time.perf_counter() - col.t_start,
                          counts=dict(Counter(r["status"] for r in results)),
-                         frames=sum(r.get("frames") or 0 for r in results if r["status"] == "succeeded"))
+                         frames=sum(r.get("frames") or 0 for r in results if r["status"] == "succeeded"),
+                         bytes_written=sum(r.get("bytes_written") or 0 for r in results if r["status"] == "succeeded"))
     col.fill(summary)
     return summary

@@ -3,7 +3,9 @@
 :func:`finish_request` takes all :class:`~pipelines.batch.tasks.WindowTask` of a request once they are in: a failed
 plan or window gives a failed row; otherwise :func:`stitch_request` streams the crossfaded windows into ffmpeg
 (memory O(window)), writes the optional side-by-side preview, commits the video atomically and then writes the
-request's done marker, ``<out>/requests/<request_id>.json``. :func:`skipped_row` reads that marker back on a re-run.
+request's done marker, ``<out>/requests/<request_id>.json``, then deletes the request's intermediate windows (unless
+``keep_windows``). :func:`skipped_row` reads that marker back on a re-run and trusts it only while the request's
+content key (:mod:`pipelines.batch.identity`) is unchanged.
 No Ray here: the driver runs :func:`finish_request` as a Ray task, :mod:`pipelines.batch.single` calls it directly.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipelines.batch.config import RunConfig
+from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
 from pipelines.batch.tasks import FAILED, RequestPlan, WindowTask, error_text
@@ -46,8 +49,8 @@ def output_geometry(plan: RequestPlan, size: int, output_scale: str):
 
 def _identity_of(tasks: list[WindowTask]) -> dict[str, Any]:
     for t in tasks:
-        if t.identity:
-            return t.identity
+        if t.model_identity:
+            return t.model_identity
     z = storage.read_npz(tasks[0].uri)  # all windows came from an earlier run: their files know
     return json.loads(str(z["identity"])) if "identity" in z else {}
 
@@ -107,16 +110,44 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
     if req.preview and req.preview_output:
         _write_preview(req, plan, wins, uris, resize, cfg)
     res = writer.result
-    row = ResultRow.for_request(
-        req, "succeeded", frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
+    row = result_row(
+        req, tasks[0].inputs, "succeeded", frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
         width=res.width, height=res.height, windows=len(tasks), seam_score=stats.seam_score,
         seconds_probe=_total(tasks, "probe"), seconds_prepare=_total(tasks, "prepare"),
         seconds_edit=_total(tasks, "edit"), seconds_stitch=time.perf_counter() - t0,
         model=identity.get("model"), weights_id=identity.get("weights_id"),
-        finished_at=datetime.now(timezone.utc)).to_dict()
+        bytes_written=_bytes_of(req.output, req.preview_output if req.preview else None),
+        finished_at=datetime.now(timezone.utc))
     marker = dict(row, finished_at=row["finished_at"].isoformat())
     storage.atomic_write_text(cfg.marker_uri(req.request_id), json.dumps(marker, sort_keys=True))
+    _drop_windows(req, cfg)
     return row
+
+
+def result_row(req: Request, inputs: RequestIdentity, status: str, **kw: Any) -> dict[str, Any]:
+    """A result row of ``req`` with its identities."""
+    return ResultRow.for_request(req, status, source_identity=inputs.source, driving_identity=inputs.driving,
+                                 content_key=inputs.key, **kw).to_dict()
+
+
+def _bytes_of(*uris: Optional[str]) -> int:
+    total = 0
+    for uri in uris:
+        if uri:
+            fs, path = storage.open_fs(uri)
+            total += int(fs.size(path) or 0)
+    return total
+
+
+def _drop_windows(req: Request, cfg: RunConfig) -> None:
+    """The request's intermediate windows, once its video and marker are committed (never fails the request)."""
+    if cfg.processing.keep_windows:
+        return
+    uri = storage.join(cfg.out, "windows", req.request_id)
+    try:
+        storage.remove_tree(uri)
+    except Exception as exc:  # noqa: BLE001 - the output is committed; a leftover window folder is only space
+        log.warning("could not delete %s: %s", uri, exc)
 
 
 def _total(tasks: list[WindowTask], stage: str) -> float:
@@ -125,26 +156,34 @@ def _total(tasks: list[WindowTask], stage: str) -> float:
 
 def finish_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
     """The result row of a request whose tasks are all in: failed (first failed window's error) or stitched."""
-    req = tasks[0].request
+    req, inputs = tasks[0].request, tasks[0].inputs
     if tasks[0].plan_failed:
-        return ResultRow.for_request(req, "failed", error=tasks[0].error, seconds_probe=tasks[0].times.probe).to_dict()
+        return result_row(req, inputs, "failed", error=tasks[0].error, seconds_probe=tasks[0].times.probe)
     failed = [t for t in tasks if t.status == FAILED]
     if failed:
         first = min(failed, key=lambda t: t.index)
-        return ResultRow.for_request(req, "failed", error=first.error, windows=len(tasks)).to_dict()
+        return result_row(req, inputs, "failed", error=first.error, windows=len(tasks))
     try:
         return stitch_request(tasks, cfg)
     except Exception as exc:  # noqa: BLE001
         log.info("stitch failed for %s: %s", req.request_id, exc)
-        return ResultRow.for_request(req, "failed", error=f"stitch: {error_text(exc)}", windows=len(tasks)).to_dict()
+        return result_row(req, inputs, "failed", error=f"stitch: {error_text(exc)}", windows=len(tasks))
 
 
-def skipped_row(req: Request, cfg: RunConfig) -> Optional[dict[str, Any]]:
-    """The result row of a request an earlier run finished (status ``skipped``), or None."""
+def skipped_row(req: Request, inputs: RequestIdentity, cfg: RunConfig) -> Optional[dict[str, Any]]:
+    """The result row of a request an earlier run finished (status ``skipped``), or None: it needs the done marker,
+    the output, and the same content key (same model, parameters and input contents)."""
     marker = cfg.marker_uri(req.request_id)
-    if not (storage.exists(marker) and storage.exists(req.output)):
+    try:
+        if not (storage.exists(marker) and storage.exists(req.output)):
+            return None
+        row = json.loads(storage.read_bytes(marker))
+    except Exception as exc:  # noqa: BLE001 - an unreadable marker: the request runs again
+        log.warning("done marker %s does not load (%s): running %s again", marker, exc, req.request_id)
         return None
-    row = json.loads(storage.read_bytes(marker))
+    if row.get("content_key") != inputs.key:
+        log.info("%s changed since it was finished (model, parameters or inputs): running it again", req.request_id)
+        return None
     row["status"] = "skipped"
     row["finished_at"] = datetime.fromisoformat(row["finished_at"]) if row.get("finished_at") else None
     return row

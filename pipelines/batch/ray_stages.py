@@ -11,6 +11,7 @@ fails the window (not the job) after ``1 + max_retries`` attempts.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -18,19 +19,21 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.batch.config import RunConfig
+from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.stages import conditioner_for, edit_task, plan_request, prepare_task
-from pipelines.batch.tasks import FAILED, REQUEST_TYPE, tasks_from_table, tasks_to_table
+from pipelines.batch.tasks import FAILED, INPUTS_TYPE, REQUEST_TYPE, error_text, tasks_from_table, tasks_to_table
 from pipelines.media import storage
 
 log = logging.getLogger(__name__)
 
-REQUEST_SCHEMA = pa.schema([("request", REQUEST_TYPE)])
+REQUEST_SCHEMA = pa.schema([("request", REQUEST_TYPE), ("inputs", INPUTS_TYPE)])
 
 
-def requests_table(req: Request) -> pa.Table:
+def requests_table(req: Request, inputs: RequestIdentity) -> pa.Table:
     """The plan stage's input block for one request."""
-    return pa.Table.from_pylist([{"request": req.to_dict()}], schema=REQUEST_SCHEMA)
+    return pa.Table.from_pylist([{"request": req.to_dict(), "inputs": dataclasses.asdict(inputs)}],
+                                schema=REQUEST_SCHEMA)
 
 
 def configure_data_context() -> None:
@@ -47,7 +50,8 @@ def configure_data_context() -> None:
 def plan_batch(batch: pa.Table, cfg: RunConfig) -> pa.Table:
     """The plan stage (a Ray task per request): a request row in, its window tasks out."""
     cond = conditioner_for(cfg)
-    tasks = [t for row in batch.to_pylist() for t in plan_request(Request(**row["request"]), cfg, cond)]
+    tasks = [t for row in batch.to_pylist()
+             for t in plan_request(Request(**row["request"]), RequestIdentity(**row["inputs"]), cfg, cond)]
     return tasks_to_table(tasks)
 
 
@@ -76,8 +80,8 @@ class EditStage:
         self.cfg = cfg
         t0 = time.perf_counter()
         self.model = cfg.model.load()
-        self.identity = self.model.identity()
-        log.info("edit actor loaded %s in %.1fs", self.identity, time.perf_counter() - t0)
+        self.model_identity = self.model.identity()
+        log.info("edit actor loaded %s in %.1fs", self.model_identity, time.perf_counter() - t0)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
@@ -89,20 +93,27 @@ class EditStage:
         return tasks_to_table(out)
 
     def _attempt(self, task):
+        """Edit unless this window's actor already died ``1 + max_retries`` times in this run."""
         counter = f"{task.uri}.attempts-{self.cfg.run_id}"
-        attempts = int(storage.read_bytes(counter)) if storage.exists(counter) else 0
-        if attempts > self.cfg.processing.max_retries:
-            task.status, task.error = FAILED, (
-                f"edit window {task.index}: the edit actor died {attempts} times on this window "
-                f"(max_retries={self.cfg.processing.max_retries})")
-            return task
-        storage.atomic_write_text(counter, str(attempts + 1))
+        try:
+            attempts = int(storage.read_bytes(counter)) if storage.exists(counter) else 0
+            if attempts > self.cfg.processing.max_retries:
+                task.status, task.error = FAILED, (
+                    f"edit window {task.index}: the edit actor died {attempts} times on this window "
+                    f"(max_retries={self.cfg.processing.max_retries})")
+                return task
+            storage.atomic_write_text(counter, str(attempts + 1))
+        except Exception as exc:  # noqa: BLE001 - storage trouble fails this window, never the run
+            return task.fail("edit", OSError(f"attempt counter {counter}: {error_text(exc)}"))
         task = self.edit(task)
-        storage.remove(counter)
+        try:
+            storage.remove(counter)
+        except Exception as exc:  # noqa: BLE001 - a leftover counter only bounds this run's retries
+            log.warning("could not remove %s: %s", counter, exc)
         return task
 
     def edit(self, task):
-        return edit_task(task, self.model, self.identity, self.cfg)
+        return edit_task(task, self.model, self.model_identity, self.cfg)
 
     @staticmethod
     def map_args(cfg: RunConfig) -> dict[str, Any]:

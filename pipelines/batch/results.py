@@ -7,7 +7,10 @@
 written) · ``fps`` (float) · ``fps_rational`` (exact, ``"30000/1001"``) · ``width`` · ``height`` · ``windows`` ·
 ``seam_score`` (see :mod:`pipelines.windows.stitch`) · ``seconds_probe`` · ``seconds_prepare`` · ``seconds_edit`` ·
 ``seconds_stitch`` · ``seconds_total`` · ``model`` (preset/architecture) · ``weights_id`` (hash of the weights) ·
-``params_json`` (canonical JSON of the request's parameters) · ``manifest_row`` · ``finished_at`` (UTC).
+``params_json`` (canonical JSON of the request's parameters) · ``source_identity`` / ``driving_identity`` (content
+identities: checksum or ETag, else size and mtime) · ``content_key`` (hash of model, parameters and both identities;
+a finished request is skipped on a re-run only while it is unchanged) · ``bytes_written`` (video + preview) ·
+``manifest_row`` · ``finished_at`` (UTC).
 """
 from __future__ import annotations
 
@@ -51,6 +54,10 @@ RESULT_SCHEMA = pa.schema([
     pa.field("model", pa.string()),
     pa.field("weights_id", pa.string()),
     pa.field("params_json", pa.string()),
+    pa.field("source_identity", pa.string()),
+    pa.field("driving_identity", pa.string()),
+    pa.field("content_key", pa.string()),
+    pa.field("bytes_written", pa.int64()),
     pa.field("manifest_row", pa.int32()),
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
 ])
@@ -83,6 +90,10 @@ class ResultRow:
     model: Optional[str] = None
     weights_id: Optional[str] = None
     params_json: Optional[str] = None
+    source_identity: Optional[str] = None  # content identity of the source (checksum/ETag, else size+mtime)
+    driving_identity: Optional[str] = None
+    content_key: Optional[str] = None  # hash of model, parameters and both identities (pipelines.batch.identity)
+    bytes_written: Optional[int] = None  # output video + preview
     manifest_row: Optional[int] = None
     finished_at: Optional[datetime] = None
 

@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Optional
 
+from pipelines.batch import identity
 from pipelines.batch.config import RunConfig
 from pipelines.batch.finish import finish_request, skipped_row
+from pipelines.batch.identity import request_identity
 from pipelines.batch.requests import Request
 from pipelines.batch.stages import Conditioner, conditioner_for, edit_task, plan_request, prepare_task
 
@@ -25,19 +27,21 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total): "window" per
 
 
 def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optional[Progress] = None,
-                 conditioner: Optional[Conditioner] = None) -> dict[str, Any]:
-    """Edit one request with ``model`` (an ``mf_model`` model) and return its result row (see
-    :data:`pipelines.batch.results.RESULT_SCHEMA`). Never raises for a bad input: the row says ``failed`` and why."""
+                 conditioner: Optional[Conditioner] = None, model_key: Optional[str] = None) -> dict[str, Any]:
+    """Edit one request with ``model`` (an ``mf_model`` model loaded from ``cfg.model``) and return its result row
+    (see :data:`pipelines.batch.results.RESULT_SCHEMA`). Never raises for a bad input: the row says ``failed`` and
+    why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it."""
     t0 = time.perf_counter()
-    done = skipped_row(request, cfg)
+    inputs = request_identity(request, model_key or identity.model_key(cfg.model))
+    done = skipped_row(request, inputs, cfg)
     if done is not None:
         return done
     cond = conditioner or conditioner_for(cfg)
-    identity = model.identity()
-    tasks = plan_request(request, cfg, cond)
+    model_identity = model.identity()
+    tasks = plan_request(request, inputs, cfg, cond)
     if not tasks[0].plan_failed:
         for i, task in enumerate(tasks):
-            tasks[i] = edit_task(prepare_task(task, cond), model, identity, cfg)
+            tasks[i] = edit_task(prepare_task(task, cond), model, model_identity, cfg)
             if progress:
                 progress("window", i + 1, len(tasks))
     result = finish_request(tasks, cfg)

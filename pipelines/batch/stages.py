@@ -6,7 +6,7 @@ Stitching a finished request is in :mod:`pipelines.batch.finish`.
 
 - :func:`plan_request` — probe each input once, map driving frames to output frames, compute the alignment once,
   plan the windows: one :class:`~pipelines.batch.tasks.WindowTask` per window (``skipped`` when its frames are
-  already written).
+  already written, load and have the right shape; window ids derive from the request's identity key).
 - :func:`prepare_task` — decode the window's frames only, poses, masks, renders → the task's npz payload.
 - :func:`edit_task` — edit a prepared window with a model and write its frames atomically.
 
@@ -26,6 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipelines.batch.config import RunConfig
+from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.tasks import PENDING, SKIPPED, SUCCEEDED, RequestPlan, StageTimes, WindowTask
 from pipelines.conditioning import driving_index_map, prepare_window, read_pose_track, reference_alignment
@@ -96,26 +97,47 @@ def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan,
     return plan, src_idx, dmap
 
 
-def plan_request(req: Request, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:
-    """Plan one request: its window tasks, or one failed task (``index == PLAN_FAILED``)."""
+def plan_request(req: Request, inputs: RequestIdentity, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:
+    """Plan one request: its window tasks, or one failed task (``index == PLAN_FAILED``). A window whose frames
+    are on storage already, readable and of the right shape, is ``skipped``; any other file there is recomputed."""
     t0 = time.perf_counter()
     try:
         plan, src_idx, dmap = _plan(req, cfg, cond)
-        wins = plan_windows(plan.frames, req.window, req.overlap)
+        tasks = []
+        for w in plan_windows(plan.frames, req.window, req.overlap):
+            wid = window_id(req.request_id, req.source, w, {"identity": inputs.key})
+            tasks.append(WindowTask(
+                request=req, inputs=inputs, plan=plan, window_id=wid, index=w.index, start=w.start, end=w.end,
+                source_indices=src_idx[w.start:w.end], driving_indices=dmap[w.start:w.end],
+                uri=cfg.window_uri(req.request_id, wid)))
     except Exception as exc:  # noqa: BLE001 - one bad request fails its own row
         log.info("plan failed for %s: %s", req.request_id, exc)
-        return [WindowTask(req, times=StageTimes(probe=time.perf_counter() - t0)).fail("plan", exc)]
-    share = (time.perf_counter() - t0) / len(wins)
-    tasks = []
-    params = req.edit_params()
-    for w in wins:
-        wid = window_id(req.request_id, req.source, w, params)
-        uri = cfg.window_uri(req.request_id, wid)
-        tasks.append(WindowTask(
-            request=req, plan=plan, window_id=wid, index=w.index, count=len(wins), start=w.start, end=w.end,
-            source_indices=src_idx[w.start:w.end], driving_indices=dmap[w.start:w.end], uri=uri,
-            status=SKIPPED if storage.exists(uri) else PENDING, times=StageTimes(probe=share)))
+        return [WindowTask(req, inputs, times=StageTimes(probe=time.perf_counter() - t0)).fail("plan", exc)]
+    share = (time.perf_counter() - t0) / len(tasks)
+    for task in tasks:
+        task.count, task.times.probe = len(tasks), share
+        task.status = SKIPPED if cached_window_ok(task) else PENDING
     return tasks
+
+
+def cached_window_ok(task: WindowTask) -> bool:
+    """Whether the window's file holds frames of the right shape (and the preview's arrays when asked): read from
+    the npz headers only. A missing, truncated or misshapen file is not reused."""
+    size = task.request.size
+    want = {"frames": (task.end - task.start, size, size, 3)}
+    if task.request.preview:
+        want.update(source_frames=want["frames"], target_poses=want["frames"])
+    try:
+        if not storage.exists(task.uri):
+            return False
+        shapes = storage.npz_shapes(task.uri)
+    except Exception as exc:  # noqa: BLE001 - unreadable: recompute it
+        log.warning("window %s does not load (%s: %s): recomputing it", task.uri, type(exc).__name__, exc)
+        return False
+    bad = {k: shapes.get(k) for k, shape in want.items() if shapes.get(k) != (shape, np.dtype(np.uint8))}
+    if bad:
+        log.warning("window %s holds %s, expected %s: recomputing it", task.uri, bad, want)
+    return not bad
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -177,7 +199,7 @@ def _edit(task: WindowTask, payload: Optional[bytes], model: Any, identity: dict
                       identity=np.array(ident), **extra)
     task.times.write = time.perf_counter() - t2
     task.times.gpu_memory_peak = _gpu_peak()
-    task.status, task.identity = SUCCEEDED, {k: None if v is None else str(v) for k, v in identity.items()}
+    task.status, task.model_identity = SUCCEEDED, {k: None if v is None else str(v) for k, v in identity.items()}
 
 
 def _gpu_peak() -> float:

@@ -1,6 +1,7 @@
 """The typed task that moves between the batch stages: one :class:`WindowTask` per window of a request.
 
-A task carries its :class:`~pipelines.batch.requests.Request` (parsed once, when the manifest is read), the
+A task carries its :class:`~pipelines.batch.requests.Request` (parsed once, when the manifest is read) and the
+:class:`~pipelines.batch.identity.RequestIdentity` of what its output depends on, the
 :class:`RequestPlan` the plan stage computed once per request (length, rate, geometry, alignment), the window's span
 and frame maps, its status and per-stage :class:`StageTimes`, and — between prepare and edit only — the prepared
 arrays as npz bytes. Between Ray Data stages a task travels as one Arrow row of :data:`TASK_SCHEMA` (struct and list
@@ -16,6 +17,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
+from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 
 PLAN_FAILED = -1  # the index of the single task a failed plan emits
@@ -43,12 +45,13 @@ _PLAN_TYPE = pa.struct([
 _TIMES_TYPE = pa.struct([(n, pa.float64()) for n in (
     "probe", "prepare", "edit", "write", "model", "busy", "edit_started_at", "edit_ended_at", "gpu_memory_peak")])
 _IDENTITY_TYPE = pa.map_(pa.string(), pa.string())
+INPUTS_TYPE = pa.struct([("source", pa.string()), ("driving", pa.string()), ("key", pa.string())])
 
 TASK_SCHEMA = pa.schema([
-    ("request", REQUEST_TYPE), ("plan", _PLAN_TYPE), ("window_id", pa.string()), ("index", pa.int32()),
-    ("count", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
+    ("request", REQUEST_TYPE), ("inputs", INPUTS_TYPE), ("plan", _PLAN_TYPE), ("window_id", pa.string()),
+    ("index", pa.int32()), ("count", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
     ("source_indices", pa.list_(pa.int64())), ("driving_indices", pa.list_(pa.int64())), ("uri", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("times", _TIMES_TYPE), ("identity", _IDENTITY_TYPE),
+    ("status", pa.string()), ("error", pa.string()), ("times", _TIMES_TYPE), ("model_identity", _IDENTITY_TYPE),
     ("payload", pa.large_binary()),
 ])
 
@@ -107,6 +110,7 @@ class WindowTask:
     """One window of one request, as it moves plan → prepare → edit → stitch."""
 
     request: Request
+    inputs: RequestIdentity
     plan: Optional[RequestPlan] = None
     window_id: str = ""
     index: int = PLAN_FAILED
@@ -119,7 +123,7 @@ class WindowTask:
     status: str = PENDING
     error: Optional[str] = None
     times: StageTimes = field(default_factory=StageTimes)
-    identity: Optional[dict[str, str]] = None  # the model's identity, once edited
+    model_identity: Optional[dict[str, str]] = None  # the model's identity, once edited
     payload: Optional[bytes] = None  # prepared arrays (npz), between prepare and edit only
 
     @property
@@ -137,17 +141,17 @@ class WindowTask:
 
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        row.update(request=self.request.to_dict(), plan=self.plan.to_row() if self.plan else None,
-                   times=dataclasses.asdict(self.times),
-                   identity=list(self.identity.items()) if self.identity else None)
+        row.update(request=self.request.to_dict(), inputs=dataclasses.asdict(self.inputs),
+                   plan=self.plan.to_row() if self.plan else None, times=dataclasses.asdict(self.times),
+                   model_identity=list(self.model_identity.items()) if self.model_identity else None)
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WindowTask:
-        return cls(**{**row, "request": Request(**row["request"]),
+        return cls(**{**row, "request": Request(**row["request"]), "inputs": RequestIdentity(**row["inputs"]),
                       "plan": RequestPlan.from_row(row["plan"]) if row["plan"] else None,
                       "times": StageTimes(**row["times"]),
-                      "identity": dict(row["identity"]) if row["identity"] is not None else None})
+                      "model_identity": dict(row["model_identity"]) if row["model_identity"] is not None else None})
 
 
 def tasks_to_table(tasks: list[WindowTask]) -> pa.Table:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.batch.config import RunConfig
+from pipelines.batch.config import ProcessingOptions, RunConfig
 from pipelines.batch.driver import run_pipeline
 from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
 from pipelines.batch.requests import read_manifest, write_manifest
@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 FPS = "30000/1001"
 FRAMES = 12
 PARAMS = {"steps": 2, "size": 96, "window": 8, "overlap": 4, "seed": 7}
+KEEP = ProcessingOptions(keep_windows=True)  # runs whose windows the tests compare
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -96,7 +97,8 @@ def reference(ray_local, inputs, tmp_path_factory):
     metrics = PipelineMetrics()
     server = start_metrics_server(0, metrics, addr="127.0.0.1")
     try:
-        summary = run_pipeline(RunConfig(manifest=str(inputs / "mixed.csv"), out=str(out)), metrics=metrics)
+        summary = run_pipeline(RunConfig(manifest=str(inputs / "mixed.csv"), out=str(out), processing=KEEP),
+                               metrics=metrics)
         with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10) as resp:
             exposed = resp.read().decode()
     finally:
@@ -136,13 +138,41 @@ def test_mixed_manifest_fails_bad_rows_and_writes_good_outputs(reference):
 def test_rerun_skips_finished_work_and_changes_nothing(reference, inputs):
     out, _, _, _ = reference
     files = {p: p.stat().st_mtime_ns for p in [*_windows(out).values(), *(out / "videos").iterdir()]}
-    summary = run_pipeline(RunConfig(manifest=str(inputs / "mixed.csv"), out=str(out)))
+    summary = run_pipeline(RunConfig(manifest=str(inputs / "mixed.csv"), out=str(out), processing=KEEP))
     assert summary.counts == {"skipped": 1, "failed": 3}
     assert summary.windows.get("succeeded", 0) == 0  # nothing edited again
     assert {p: p.stat().st_mtime_ns for p in files} == files
     rows = {r["request_id"]: r for r in read_results(str(out / "results.parquet"))}
     assert rows["good"]["status"] == "skipped" and rows["good"]["frames"] == FRAMES
     assert rows["good"]["model"] == "tiny"
+
+
+def test_windows_are_deleted_after_commit_and_bad_ids_fail_alone(ray_local, inputs, tmp_path):
+    good = read_manifest(str(inputs / "good.jsonl"), str(tmp_path)).requests[0]
+    rows = [{"request_id": "good", "source": good.source, "driving": good.driving, **PARAMS},
+            {"request_id": "../../escaped", "source": good.source, "driving": good.driving, **PARAMS}]
+    write_manifest(rows, str(tmp_path / "m.jsonl"))
+    out = tmp_path / "deep" / "out"
+    summary = run_pipeline(RunConfig(manifest=str(tmp_path / "m.jsonl"), out=str(out)))
+    assert summary.counts == {"succeeded": 1, "failed": 1}
+    res = {r["manifest_row"]: r for r in read_results(str(out / "results.parquet"))}
+    assert res[1]["status"] == "succeeded" and res[1]["bytes_written"] == (out / "videos" / "good.mp4").stat().st_size
+    assert summary.bytes_written == res[1]["bytes_written"]
+    assert res[2]["status"] == "failed" and "request_id" in res[2]["error"]
+    assert not (out / "windows" / "good").exists() and not _windows(out)  # intermediate windows are gone
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]  # nothing outside --out
+
+
+def test_unwritable_out_fails_every_row_and_still_writes_the_manifest(ray_local, inputs, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "out"
+    summary = run_pipeline(RunConfig(manifest=str(inputs / "mixed.csv"), out=str(out)))
+    assert summary.counts == {"failed": 4}
+    assert summary.results_uri != str(out / "results.parquet") and os.path.exists(summary.results_uri)
+    rows = read_results(summary.results_uri)
+    assert len(rows) == 4 and all(r["status"] == "failed" for r in rows)
+    good = next(r for r in rows if r["request_id"] == "good")
+    assert good["error"].startswith(f"output: cannot write to {out}")
 
 
 def dies_once(marker: str) -> type:
@@ -165,7 +195,7 @@ def test_dead_edit_actor_is_replaced_and_its_window_retried(ray_local, reference
     ref_out = reference[0]
     marker = tmp_path / "died"
     out = tmp_path / "out"
-    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=str(out))
+    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=str(out), processing=KEEP)
     summary = run_pipeline(cfg, edit_stage=dies_once(str(marker)))
     assert marker.exists(), "the injected fault did not fire"
     assert summary.counts == {"succeeded": 1} and summary.windows == {"succeeded": 2}
@@ -183,7 +213,7 @@ def test_killed_run_resumes_without_redoing_work(ray_local, reference, inputs, t
     out = tmp_path / "out"
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "jobs.cli", "retarget", str(inputs / "two.parquet"), "--out", str(out),
-           "--address", ray_local.get_runtime_context().gcs_address, "--no-progress"]
+           "--address", ray_local.get_runtime_context().gcs_address, "--no-progress", "--keep-windows"]
     log = open(tmp_path / "run1.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -216,7 +246,7 @@ def test_single_request_in_process_on_memory_filesystem(reference, inputs):
 
     ref_out = reference[0]
     out = "memory://mf-single-test"
-    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=out)
+    cfg = RunConfig(manifest=str(inputs / "good.jsonl"), out=out, processing=KEEP)
     req = read_manifest(cfg.manifest, out).requests[0]
     model = mf_model.load_model(None, preset_name="tiny")
     seen = []
@@ -242,6 +272,7 @@ def test_plan_runs_ffprobe_once_per_input_video(inputs, tmp_path, monkeypatch, d
     """Counted with an ``ffprobe`` on PATH that logs each run, then runs the real one."""
     import shutil
 
+    from pipelines.batch.identity import request_identity
     from pipelines.batch.requests import parse_row
     from pipelines.batch.stages import conditioner_for, plan_request
 
@@ -252,7 +283,7 @@ def test_plan_runs_ffprobe_once_per_input_video(inputs, tmp_path, monkeypatch, d
     monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
     cfg = RunConfig(manifest="", out=str(tmp_path / "out"))
     req = parse_row({"source": str(inputs / "person.mp4"), "driving": str(inputs / driving), **PARAMS}, 1, cfg.out)
-    tasks = plan_request(req, cfg, conditioner_for(cfg))
+    tasks = plan_request(req, request_identity(req, "m"), cfg, conditioner_for(cfg))
     assert not tasks[0].plan_failed, tasks[0].error
     assert len(tasks) == 2 and tasks[0].plan.has_audio
     assert calls.read_text().count("run") == probes

@@ -3,6 +3,7 @@ that returns arrays, a model that returns frames), real storage and a real ffmpe
 Arrow round trip; and the resource fitting."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -10,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.batch.config import RunConfig, StageResources
+from pipelines.batch.config import ProcessingOptions, RunConfig, StageResources
 from pipelines.batch.finish import finish_request, skipped_row
+from pipelines.batch.identity import request_identity
 from pipelines.batch.requests import parse_row
 from pipelines.batch.stages import Conditioner, edit_task, plan_request, prepare_task
 from pipelines.batch.tasks import PLAN_FAILED, TASK_SCHEMA, RequestPlan, WindowTask, tasks_from_table, tasks_to_table
@@ -80,15 +82,19 @@ def _request(cfg, **kw):
     return parse_row(raw, row=1, out=cfg.out)
 
 
-def _run(cfg, req, cond=None, model=None):
+def _inputs(req, model="fake-model"):
+    return request_identity(req, model)
+
+
+def _run(cfg, req, cond=None, model=None, model_key="fake-model"):
     cond, model = cond or FakeConditioner(), model or FakeModel()
-    tasks = plan_request(req, cfg, cond)
+    tasks = plan_request(req, _inputs(req, model_key), cfg, cond)
     return [edit_task(prepare_task(t, cond), model, model.identity(), cfg) for t in tasks]
 
 
 def test_plan_probes_each_input_once_and_covers_every_frame(cfg):
     cond = FakeConditioner()
-    tasks = plan_request(_request(cfg), cfg, cond)
+    tasks = plan_request(_request(cfg), _inputs(_request(cfg)), cfg, cond)
     assert cond.probed == ["/data/src.mp4", "/data/drv.mp4"]
     assert [(t.start, t.end) for t in tasks] == [(0, 6), (4, 10)]
     assert all(t.status == "pending" and t.count == 2 and t.plan.frames == 10 for t in tasks)
@@ -97,10 +103,10 @@ def test_plan_probes_each_input_once_and_covers_every_frame(cfg):
 
 
 def test_plan_of_a_frame_range_and_a_bad_input(cfg):
-    tasks = plan_request(_request(cfg, frame_start=3, frame_end=10), cfg, FakeConditioner())
+    tasks = plan_request(_request(cfg, frame_start=3, frame_end=10), _inputs(_request(cfg)), cfg, FakeConditioner())
     assert [t.source_indices for t in tasks] == [list(range(3, 9)), list(range(4, 10))]
     assert [t.driving_indices for t in tasks] == [list(range(0, 6)), list(range(1, 7))]
-    (failed,) = plan_request(_request(cfg), cfg, FakeConditioner(fail_probe=True))
+    (failed,) = plan_request(_request(cfg), _inputs(_request(cfg)), cfg, FakeConditioner(fail_probe=True))
     assert failed.index == PLAN_FAILED and failed.status == "failed"
     assert failed.error.startswith("plan: InputError: /data/src.mp4") and "not a video" in failed.error
 
@@ -111,7 +117,7 @@ def test_prepare_and_edit_write_the_window_and_fail_their_own_row(cfg):
     z = storage.read_npz(tasks[0].uri)
     np.testing.assert_array_equal(z["frames"][1], np.full((SIZE, SIZE, 3), 245, np.uint8))
     assert json.loads(str(z["identity"]))["weights_id"] == "fake-1"
-    assert tasks[0].payload is None and tasks[0].identity["model"] == "fake"
+    assert tasks[0].payload is None and tasks[0].model_identity["model"] == "fake"
     assert tasks[0].times.model is not None and tasks[0].times.prepare is not None
     bad = _run(cfg, _request(cfg, request_id="r2"), cond=FakeConditioner(fail_prepare=True))
     assert bad[1].error == "prepare window 1: RuntimeError: decoder broke"
@@ -121,7 +127,7 @@ def test_prepare_and_edit_write_the_window_and_fail_their_own_row(cfg):
 
 
 def test_prepare_payload_holds_the_model_inputs_only(cfg):
-    (task, _) = plan_request(_request(cfg), cfg, FakeConditioner())
+    (task, _) = plan_request(_request(cfg), _inputs(_request(cfg)), cfg, FakeConditioner())
     task = prepare_task(task, FakeConditioner())
     import io
 
@@ -129,14 +135,23 @@ def test_prepare_payload_holds_the_model_inputs_only(cfg):
         assert sorted(z.files) == sorted(MODEL_INPUTS)
 
 
-def test_finish_stitches_a_video_and_a_rerun_skips_it(cfg):
+def test_finish_stitches_a_video_deletes_its_windows_and_a_rerun_skips_it(cfg):
     req = _request(cfg)
     row = finish_request(_run(cfg, req), cfg)
     assert row["status"] == "succeeded", row["error"]
     assert (row["frames"], row["windows"], row["model"], row["weights_id"]) == (10, 2, "fake", "fake-1")
     meta = probe_output(row["output_uri"])
     assert meta["frames"] == 10 and (meta["width"], meta["height"]) == (48, 32)  # the source size
-    assert skipped_row(req, cfg)["status"] == "skipped"
+    assert row["bytes_written"] == storage.open_fs(row["output_uri"])[0].size(row["output_uri"]) > 0
+    assert not storage.exists(storage.join(cfg.out, "windows", "r1"))  # intermediate windows are gone
+    assert skipped_row(req, _inputs(req), cfg)["status"] == "skipped"
+
+
+def test_kept_windows_are_reused(cfg):
+    cfg = dataclasses.replace(cfg, processing=ProcessingOptions(keep_windows=True))
+    req = _request(cfg)
+    assert finish_request(_run(cfg, req), cfg)["status"] == "succeeded"
+    assert len(storage.listdir(storage.join(cfg.out, "windows", "r1"))) == 2
     model = FakeModel()
     again = _run(cfg, req, model=model)  # the windows are on storage: nothing is edited again
     assert [t.status for t in again] == ["skipped", "skipped"] and model.calls == 0
@@ -150,7 +165,7 @@ def test_finish_reports_the_first_failed_window(cfg):
 
 
 def test_window_task_round_trips_through_arrow(cfg):
-    (task, _) = plan_request(_request(cfg), cfg, FakeConditioner())
+    (task, _) = plan_request(_request(cfg), _inputs(_request(cfg)), cfg, FakeConditioner())
     task.plan.transform.update(mode="bones", bone_scale={"1-2": 1.5}, src_anchor=[1.0, 2.0], keep_x=True)
     task.payload = b"npz"
     table = tasks_to_table([task])
@@ -175,7 +190,7 @@ def test_request_plan_keeps_absent_transform_keys_absent():
 
 
 def test_window_task_defaults_are_a_failed_plan_shape(cfg):
-    t = WindowTask(_request(cfg)).fail("plan", ValueError("x"))
+    t = WindowTask(_request(cfg), _inputs(_request(cfg))).fail("plan", ValueError("x"))
     assert t.plan_failed and t.error == "plan: ValueError: x"
 
 
@@ -194,3 +209,72 @@ def test_resources_that_cannot_fit_raise():
     with pytest.raises(ValueError, match="cannot hold 40 edit"):
         StageResources(actors=40, prepare_actors=40).fit(2)
     assert StageResources(auto_fit=False).fit(0.5) == StageResources(auto_fit=False)
+
+
+def _real_request(cfg, tmp_path, **kw):
+    (tmp_path / "src.mp4").write_bytes(b"source v1")
+    (tmp_path / "drv.mp4").write_bytes(b"driving")
+    return _request(cfg, source=str(tmp_path / "src.mp4"), driving=str(tmp_path / "drv.mp4"), **kw)
+
+
+def test_other_weights_a_replaced_source_or_other_parameters_recompute(cfg, tmp_path):
+    req = _real_request(cfg, tmp_path)
+    assert finish_request(_run(cfg, req), cfg)["status"] == "succeeded"
+    before = _inputs(req)
+    assert skipped_row(req, before, cfg) is not None
+    assert before.source.startswith("size:9;mtime:")
+    other_weights = _inputs(req, model="other-weights")
+    assert other_weights.key != before.key and skipped_row(req, other_weights, cfg) is None
+    tasks = plan_request(req, other_weights, cfg, FakeConditioner())
+    assert {t.window_id for t in tasks}.isdisjoint(t.window_id for t in plan_request(req, before, cfg,
+                                                                                   FakeConditioner()))
+    (tmp_path / "src.mp4").write_bytes(b"source version 2")  # replaced at the same path
+    replaced = _inputs(req)
+    assert replaced.source != before.source and skipped_row(req, replaced, cfg) is None
+    more_steps = _request(cfg, source=req.source, driving=req.driving, steps=3)
+    assert _inputs(more_steps).key != replaced.key
+    rerun = finish_request(_run(cfg, req), cfg)  # the replaced source is edited again and recorded
+    assert rerun["source_identity"] == replaced.source and rerun["content_key"] == replaced.key
+
+
+def test_a_cached_window_that_does_not_load_or_has_the_wrong_shape_is_recomputed(cfg):
+    cfg = dataclasses.replace(cfg, processing=ProcessingOptions(keep_windows=True))
+    req = _request(cfg)
+    first, second = _run(cfg, req)
+    fs, path = storage.open_fs(first.uri)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    with fs.open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2])  # truncated
+    storage.write_npz(second.uri, frames=np.zeros((6, SIZE // 2, SIZE // 2, 3), np.uint8))  # wrong shape
+    model = FakeModel()
+    again = _run(cfg, req, model=model)
+    assert [t.status for t in again] == ["succeeded", "succeeded"] and model.calls == 2
+    assert storage.npz_shapes(first.uri)["frames"][0] == (6, SIZE, SIZE, 3)
+    assert [t.status for t in plan_request(req, _inputs(req), cfg, FakeConditioner())] == ["skipped", "skipped"]
+
+
+def test_a_storage_error_fails_the_window_with_the_reason(cfg, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    blocked = dataclasses.replace(cfg, out=str(tmp_path / "a-file" / "out"))
+    tasks = _run(blocked, _request(blocked))
+    assert [t.status for t in tasks] == ["failed", "failed"]
+    assert tasks[0].error.startswith("edit window 0: ") and "a-file" in tasks[0].error
+
+
+@pytest.mark.parametrize("rid", ["../../escaped", "a/b", "x::memory", "..", "bad\nname", "-x", "a" * 129])
+def test_request_ids_are_strict(cfg, rid):
+    with pytest.raises(ValueError, match="request_id"):
+        _request(cfg, request_id=rid)
+
+
+def test_a_bad_request_id_is_a_failed_row_with_a_safe_id(tmp_path):
+    from pipelines.batch.requests import read_manifest, write_manifest
+
+    write_manifest([{"request_id": "../../escaped", "source": "s.mp4", "driving": "d.mp4"},
+                    {"request_id": "ok.1_x-y", "source": "s.mp4", "driving": "d.mp4"}], str(tmp_path / "m.jsonl"))
+    man = read_manifest(str(tmp_path / "m.jsonl"), str(tmp_path / "out"))
+    assert [r.request_id for r in man.requests] == ["ok.1_x-y"]
+    (bad,) = man.invalid
+    assert "request_id" in bad.error and "/" not in bad.request_id and ".." not in bad.request_id
+
