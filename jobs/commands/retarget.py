@@ -37,6 +37,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-windows", action="store_true",
                    help="keep each request's edited windows (<out>/windows/) after its video is committed")
     p.add_argument("--pose-backend", default="mediapipe", choices=("mediapipe", "dwpose"))
+    p.add_argument("--edit-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="a custom Ray resource each edit actor asks for (repeat), pinning them to nodes that have it")
+    p.add_argument("--prepare-resource", action="append", default=[], metavar="NAME=AMOUNT",
+                   help="a custom Ray resource each prepare actor asks for (repeat)")
+    p.add_argument("--shared-fs", action="store_true",
+                   help="a local-path --out is a mount every node sees (needed on a multi-node cluster)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -55,46 +61,76 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _resources(items: list[str], flag: str) -> tuple[tuple[str, float], ...]:
+    out = []
+    for item in items:
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or value <= 0:
+            raise ValueError(f"{flag} {item!r}: expected NAME=AMOUNT with AMOUNT > 0")
+        out.append((name.strip(), value))
+    return tuple(out)
+
+
 def run_config(args: argparse.Namespace, *, manifest: str, out: str, gpus: float, **fields):
     """The :class:`~pipelines.batch.config.RunConfig` of the run options in ``args`` (``gpus`` per edit actor)."""
     from pipelines.batch.config import ModelSpec, ProcessingOptions, RunConfig, StageResources
 
     shares = {k: v for k, v in (("cpus_per_actor", args.cpus_per_actor), ("prepare_cpus", args.prepare_cpus))
               if v is not None}
+    custom = {"edit_resources": _resources(args.edit_resource, "--edit-resource"),
+              "prepare_resources": _resources(args.prepare_resource, "--prepare-resource")}
     return RunConfig(
         manifest=manifest, out=out,
         model=ModelSpec.for_gpus(gpus, weights=args.weights, preset=args.preset, dtype=args.dtype),
         resources=StageResources(actors=args.actors, gpus_per_actor=gpus, prepare_actors=args.prepare_actors,
-                                 **shares),
+                                 **shares, **custom),
         processing=ProcessingOptions(max_retries=args.max_retries, crossfade=not args.no_crossfade,
                                      pose_backend=args.pose_backend, output_scale=args.output_scale,
                                      keep_windows=args.keep_windows),
-        **fields)
+        shared_fs=args.shared_fs, **fields)
 
 
 class _Bars:
-    """tqdm bars, one per kind of progress ("window", "request")."""
+    """The run's one progress display: a tqdm bar over the windows edited, of those planned so far (the total grows
+    as requests are planned), with the requests finished in its postfix. Its clock starts with the run (the driver's
+    first call is ``("request", 0, total)``), and rate and ETA are averages over the whole run (``smoothing=0``),
+    not over the last few windows. Shown on a terminal only (tqdm's ``disable=None``): CI logs get the summary line
+    alone; ``--no-progress`` turns it off everywhere."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bars: dict = {}
+        self.bar = None
 
     def __call__(self, kind: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
+        if self.bar is None:
+            import sys
 
-        bar = self.bars.get(kind)
-        if bar is None:
-            bar = self.bars[kind] = tqdm(total=total or None, desc=f"{kind}s", unit=kind, leave=True)
-        if total and bar.total != total:
-            bar.total = total
-        if done > bar.n:
-            bar.update(done - bar.n)
+            from tqdm import tqdm
+
+            # sys.stderr at call time: the console stream jobs.cli set up (fd 2 may point at the log file)
+            self.bar = tqdm(total=None, desc="windows", unit="window", file=sys.stderr, disable=None, smoothing=0,
+                            dynamic_ncols=True, leave=True)
+        bar = self.bar
+        if kind == "request":
+            bar.set_postfix_str(f"requests {done}/{total}")
+        elif kind == "window":
+            if total and bar.total != total:
+                bar.total = total
+            if done > bar.n:
+                bar.update(done - bar.n)
+            else:
+                bar.refresh()
 
     def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run(args: argparse.Namespace) -> int:

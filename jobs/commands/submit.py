@@ -21,8 +21,12 @@ def _retarget_options() -> list[argparse.Action]:
 def _add_forwarded(p: argparse.ArgumentParser) -> None:
     """The retarget options on the submit parser, with no defaults: only what the user gives is forwarded."""
     for a in _retarget_options():
-        kind = ({"action": "store_true"} if isinstance(a, argparse._StoreTrueAction)
-                else {"type": a.type, "choices": a.choices, "metavar": a.metavar})
+        if isinstance(a, argparse._StoreTrueAction):
+            kind = {"action": "store_true"}
+        else:
+            kind = {"type": a.type, "choices": a.choices, "metavar": a.metavar}
+            if isinstance(a, argparse._AppendAction):
+                kind["action"] = "append"
         p.add_argument(*a.option_strings, dest=a.dest, default=argparse.SUPPRESS,
                        help=f"passed to `mf retarget`: {a.help}", **kind)
 
@@ -36,6 +40,8 @@ def forwarded_args(args: argparse.Namespace) -> list[str]:
         value = getattr(args, a.dest)
         if isinstance(a, argparse._StoreTrueAction):
             argv += [a.option_strings[0]] if value else []
+        elif isinstance(a, argparse._AppendAction):
+            argv += [part for v in value for part in (a.option_strings[0], str(v))]
         else:
             argv += [a.option_strings[0], str(value)]
     return argv

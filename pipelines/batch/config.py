@@ -62,6 +62,9 @@ class StageResources:
     plan_cpus: float = 0.5  # per plan task (probe + reference alignment)
     stitch_cpus: float = 1.0  # per stitch task (ffmpeg runs inside)
     auto_fit: bool = True  # shrink the CPU shares above to fit the cluster (see fit)
+    # custom Ray resources each actor asks for, e.g. (("edit_node", 1.0),): pins a pool to the nodes that have them
+    edit_resources: tuple[tuple[str, float], ...] = ()
+    prepare_resources: tuple[tuple[str, float], ...] = ()
 
     def fit(self, cluster_cpus: float) -> StageResources:
         """CPU shares that fit the cluster: both actor pools plus one plan and one stitch task must fit at once.
@@ -122,6 +125,7 @@ class RunConfig:
     processing: ProcessingOptions = field(default_factory=ProcessingOptions)
     results_name: str = "results.parquet"
     run_id: str = ""  # set per run by the driver (scopes the window attempt counters)
+    shared_fs: bool = False  # a local-path --out is a mount every node of a multi-node cluster sees
 
     @property
     def results_uri(self) -> str:

@@ -56,6 +56,7 @@ class RunSummary:
     actors: int = 1
     results_uri: str = ""
     bytes_written: int = 0  # output videos and previews of this run
+    nodes: dict[str, set[str]] = field(default_factory=dict)  # stage → Ray node ids its actors ran on
     resources: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -91,6 +92,7 @@ class _Collector:
         self.windows_known = self.windows_done = 0
         self.busy = self.model = 0.0
         self.edit_spans: list[tuple[float, float]] = []
+        self.nodes: dict[str, set[str]] = defaultdict(set)
 
     def add_result(self, row: dict[str, Any]) -> None:
         row.setdefault("seconds_total", time.perf_counter() - self.t_start)
@@ -119,6 +121,9 @@ class _Collector:
         self.metrics.add_busy(t.prepare, "prepare")
         self.metrics.set_queue_depth(self.windows_known - self.windows_done)
         self.window_counts[task.status] += 1
+        for stage, node in (("prepare", task.prepare_node), ("edit", task.edit_node)):
+            if node:
+                self.nodes[stage].add(node)
         self.busy += t.busy or 0.0
         self.model += t.model or 0.0
         if t.edit_started_at:
@@ -151,6 +156,7 @@ class _Collector:
     def fill(self, summary: RunSummary) -> None:
         summary.windows = dict(self.window_counts)
         summary.edit_busy_seconds, summary.model_seconds = self.busy, self.model
+        summary.nodes = dict(self.nodes)
         if self.edit_spans:
             summary.first_window_seconds = min(e for _, e in self.edit_spans) - self.wall_start
             summary.edit_span_seconds = (max(e for _, e in self.edit_spans)
@@ -179,6 +185,11 @@ def _prepare_config(cfg: RunConfig) -> RunConfig:
     if storage.protocol_of(cfg.out) == "memory":
         raise ValueError("memory:// is private to one process and Ray stages run in others: use a shared "
                          "filesystem (local path, s3://, gs://) for --out, or pipelines.batch.single.edit_request")
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and storage.is_local(cfg.out) and not cfg.shared_fs:
+        raise ValueError(f"--out {cfg.out} is a local path and the Ray cluster has {nodes} nodes, whose workers "
+                         "would each write to their own disk: use s3:// or gs://, or declare a mount every node "
+                         "sees with --shared-fs")
     resources = cfg.resources.fit(float(ray.cluster_resources().get("CPU", 1.0)))
     return dataclasses.replace(cfg, resources=resources, run_id=cfg.run_id or uuid.uuid4().hex[:12])
 

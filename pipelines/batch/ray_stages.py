@@ -36,6 +36,12 @@ def requests_table(req: Request, inputs: RequestIdentity) -> pa.Table:
                                 schema=REQUEST_SCHEMA)
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def configure_data_context() -> None:
     """Set Ray Data's failure behaviour deliberately (see the module docstring)."""
     from ray.data import DataContext
@@ -60,16 +66,21 @@ class PrepareStage:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cond = conditioner_for(cfg)
+        self.node = _node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return tasks_to_table([prepare_task(t, self.cond) for t in tasks_from_table(batch)])
+        tasks = tasks_from_table(batch)
+        for t in tasks:
+            t.prepare_node = self.node
+        return tasks_to_table([prepare_task(t, self.cond) for t in tasks])
 
     @staticmethod
     def map_args(cfg: RunConfig) -> dict[str, Any]:
         import ray.data
 
         res = cfg.resources
-        return dict(compute=ray.data.ActorPoolStrategy(size=max(1, res.prepare_actors)), num_cpus=res.prepare_cpus)
+        return dict(compute=ray.data.ActorPoolStrategy(size=max(1, res.prepare_actors)), num_cpus=res.prepare_cpus,
+                    resources=dict(res.prepare_resources) or None)
 
 
 class EditStage:
@@ -81,11 +92,13 @@ class EditStage:
         t0 = time.perf_counter()
         self.model = cfg.model.load()
         self.model_identity = self.model.identity()
+        self.node = _node_id()
         log.info("edit actor loaded %s in %.1fs", self.model_identity, time.perf_counter() - t0)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
         for task in tasks_from_table(batch):
+            task.edit_node = self.node
             if task.pending:
                 task = self._attempt(task)
             task.payload = None
@@ -121,4 +134,5 @@ class EditStage:
 
         res = cfg.resources
         return dict(compute=ray.data.ActorPoolStrategy(size=max(1, res.actors)),
-                    num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor)
+                    num_gpus=res.gpus_per_actor or None, num_cpus=res.cpus_per_actor,
+                    resources=dict(res.edit_resources) or None)

@@ -52,7 +52,7 @@ TASK_SCHEMA = pa.schema([
     ("index", pa.int32()), ("count", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
     ("source_indices", pa.list_(pa.int64())), ("driving_indices", pa.list_(pa.int64())), ("uri", pa.string()),
     ("status", pa.string()), ("error", pa.string()), ("times", _TIMES_TYPE), ("model_identity", _IDENTITY_TYPE),
-    ("payload", pa.large_binary()),
+    ("prepare_node", pa.string()), ("edit_node", pa.string()), ("payload", pa.large_binary()),
 ])
 
 
@@ -124,6 +124,8 @@ class WindowTask:
     error: Optional[str] = None
     times: StageTimes = field(default_factory=StageTimes)
     model_identity: Optional[dict[str, str]] = None  # the model's identity, once edited
+    prepare_node: Optional[str] = None  # Ray node ids of the actors that prepared and edited it
+    edit_node: Optional[str] = None
     payload: Optional[bytes] = None  # prepared arrays (npz), between prepare and edit only
 
     @property

@@ -3,6 +3,10 @@
 All paths may be fsspec URIs. Every failure of a bad input surfaces as :class:`pipelines.media.errors.InputError` naming
 the file and the reason. decord raises two unrelated exception types (``RuntimeError`` and ``decord.DECORDError``);
 both are caught here.
+
+Remote inputs (``s3://``, ``gs://``, ...) are decoded by decord from an fsspec file object (range reads, no full
+download). ffprobe, which tells audio presence and the codec, reads them through a short-lived signed URL where the
+filesystem can sign one (``fs.sign``); where it cannot (``memory://``, ...) the input counts as having no audio.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ DEFAULT_FOLDER_FPS = 8.0
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 DECODE_CHUNK = 32
 FIT_CHUNK = 4  # source frames decoded at a time by read_fitted_frames
+PROBE_URL_SECONDS = 300  # lifetime of the signed URL ffprobe reads a remote input through
+PROBE_TIMEOUT_US = 15_000_000  # ffprobe's network read timeout (-rw_timeout, microseconds)
 
 
 @dataclass
@@ -151,16 +157,36 @@ def _open_reader(uri: str):
         raise InputError(uri, _reason_from_decord(exc)) from None
 
 
+def _probe_target(uri: str) -> str | None:
+    """What ffprobe reads for ``uri``: a local path as is; an ``http(s)://`` URI as is; for an object store a
+    short-lived signed HTTPS URL (``fs.sign``: s3fs, gcsfs with key credentials), so ffprobe reads only the header
+    with range requests, never the whole file; ``None`` where the filesystem cannot sign (``memory://``, ...)."""
+    u = str(uri)
+    if "://" not in u or u.startswith("file://"):
+        path = u.replace("file://", "", 1)
+        return os.path.abspath(path) if path.startswith("-") else path  # never read as an option
+    if u.startswith(("http://", "https://")):
+        return u
+    try:
+        fs, path = _fs(u)
+        url = str(fs.sign(path, expiration=PROBE_URL_SECONDS))
+    except Exception:  # noqa: BLE001 - NotImplementedError for most filesystems, credential errors for others
+        return None
+    return url if url.startswith(("http://", "https://")) else None
+
+
 def _stream_types(uri: str) -> dict[str, str]:
-    """One ffprobe run: ``{codec_type: codec_name}`` of the streams of a local file (empty for remote URIs or when
-    ffprobe cannot read it; decord then gives the real error)."""
-    if "://" in str(uri) and not str(uri).startswith("file://"):
+    """One ffprobe run: ``{codec_type: codec_name}`` of the streams of ``uri`` (a local file, or a remote one
+    through :func:`_probe_target`); empty when there is nothing ffprobe can read or it fails (decord then gives the
+    real error, and the input counts as having no audio). The signed URL is never logged."""
+    target = _probe_target(uri)
+    if target is None:
         return {}
     try:
         import ffmpeg
 
-        path = str(uri).replace("file://", "", 1)
-        meta = ffmpeg.probe(os.path.abspath(path) if path.startswith("-") else path)  # never read as an option
+        opts = {"rw_timeout": PROBE_TIMEOUT_US} if target.startswith(("http://", "https://")) else {}
+        meta = ffmpeg.probe(target, **opts)
     except Exception:  # noqa: BLE001 - best effort
         return {}
     out: dict[str, str] = {}

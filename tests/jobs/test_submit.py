@@ -80,6 +80,9 @@ def test_submit_forwards_every_retarget_option():
         if isinstance(a, argparse._StoreTrueAction):
             options.append(a.option_strings[-1])
             continue
+        if isinstance(a, argparse._AppendAction):
+            options += [a.option_strings[-1], "node_a=1", a.option_strings[-1], "node_b=0.5"]
+            continue
         value = (next(c for c in a.choices if c != a.default) if a.choices
                  else {int: "7", float: "0.5"}.get(a.type, "s3://models/mf"))
         options += [a.option_strings[-1], value]
