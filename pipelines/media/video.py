@@ -4,21 +4,32 @@ All paths may be fsspec URIs. Every failure of a bad input surfaces as :class:`p
 the file and the reason. decord raises two unrelated exception types (``RuntimeError`` and ``decord.DECORDError``);
 both are caught here.
 
-Remote inputs (``s3://``, ``gs://``, ...) are decoded by decord from an fsspec file object (range reads, no full
-download). ffprobe, which tells audio presence and the codec, reads them through a short-lived signed URL where the
-filesystem can sign one (``fs.sign``); where it cannot (``memory://``, ...) the input counts as having no audio.
+Remote video files (``s3://``, ``gs://``, ``memory://``, ...): decord needs the whole file (given a file object it
+reads it all into memory), so a remote video is downloaded once into a per-process cache of local files
+(:func:`local_video`: the newest :data:`REMOTE_CACHE_FILES` inputs, keyed by URI and content identity, so a changed
+object is fetched again) and decord and ffprobe read that copy: a worker preparing many windows of one source fetches
+it once, and audio presence is known for remote sources as for local ones. The cache lives in the system temp
+directory (``mf-video-cache-<pid>-*``), is removed at exit, and folders left by dead processes are swept.
+Frame folders are read image by image and never cached.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import io
 import logging
 import os
 import re
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.media import storage
 from pipelines.media.errors import InputError
 from pipelines.media.geometry import fit_frame
 
@@ -29,8 +40,8 @@ DEFAULT_FOLDER_FPS = 8.0
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 DECODE_CHUNK = 32
 FIT_CHUNK = 4  # source frames decoded at a time by read_fitted_frames
-PROBE_URL_SECONDS = 300  # lifetime of the signed URL ffprobe reads a remote input through
-PROBE_TIMEOUT_US = 15_000_000  # ffprobe's network read timeout (-rw_timeout, microseconds)
+REMOTE_CACHE_FILES = 4  # remote videos kept downloaded per process (see the module docstring)
+CACHE_PREFIX = "mf-video-cache-"
 
 
 @dataclass
@@ -138,55 +149,117 @@ def _load_image(fs, path: str, uri: str) -> np.ndarray:
         raise InputError(path if "://" not in uri else uri, f"cannot read image: {exc}") from None
 
 
-def _open_reader(uri: str):
-    """Return (decord.VideoReader, keep_alive) for a local path or an fsspec URI."""
-    import decord
+def _is_local_fs(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
 
+    return isinstance(fs, LocalFileSystem)
+
+
+class _RemoteCache:
+    """Local copies of remote videos, newest last; at most :data:`REMOTE_CACHE_FILES` per process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.dir: str | None = None
+        self.pid = 0
+
+    def _root(self) -> str:
+        if self.pid != os.getpid():  # a forked child starts its own cache
+            self.files, self.dir, self.pid = OrderedDict(), None, os.getpid()
+        if self.dir is None or not os.path.isdir(self.dir):
+            base = tempfile.gettempdir()
+            _sweep_stale_caches(base)
+            self.dir = tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-", dir=base)
+            atexit.register(shutil.rmtree, self.dir, True)
+        return self.dir
+
+    def get(self, fs, path: str, uri: str) -> str:
+        key = (uri, storage.content_identity(uri))
+        with self.lock:
+            root = self._root()
+            hit = self.files.get(key)
+            if hit is not None and os.path.exists(hit):
+                self.files.move_to_end(key)
+                return hit
+        fd, tmp = tempfile.mkstemp(prefix="v-", suffix=os.path.splitext(path)[1][:16], dir=root)
+        os.close(fd)
+        try:
+            fs.get_file(path, tmp)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        log.debug("downloaded %s (%d bytes) for decoding", uri, os.path.getsize(tmp))
+        with self.lock:
+            other = self.files.get(key)
+            if other is not None and other != tmp and os.path.exists(other):  # another thread fetched it meanwhile
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                tmp = other
+            self.files[key] = tmp
+            self.files.move_to_end(key)
+            while len(self.files) > REMOTE_CACHE_FILES:
+                _, old = self.files.popitem(last=False)
+                with contextlib.suppress(OSError):
+                    os.unlink(old)  # an open reader keeps reading the unlinked file
+        return tmp
+
+
+def _sweep_stale_caches(base: str) -> None:
+    """Remove cache folders whose process is gone (killed workers never run their atexit)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            if not name.startswith(CACHE_PREFIX):
+                continue
+            pid = name[len(CACHE_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+_REMOTE = _RemoteCache()
+
+
+def local_video(uri: str) -> str:
+    """A local path with the content of the video file ``uri``: the file itself when local, else the cached
+    download (see the module docstring). The header is checked first, so an empty, missing or non-video object
+    fails with :class:`InputError` before anything is downloaded."""
     fs, path = _fs(uri)
     head = _sniff(fs, path, uri)
     _classify_header(head, uri)
-    errs = _decord_errors()
+    if _is_local_fs(fs):
+        return path
+    return _REMOTE.get(fs, path, str(uri))
+
+
+def _open_reader(uri: str, local: str | None = None):
+    """A decord.VideoReader on ``uri`` (through :func:`local_video` unless ``local`` is given)."""
+    import decord
+
+    local = local_video(uri) if local is None else local
     try:
-        if getattr(fs, "protocol", None) in ("file", ("file", "local")) or "://" not in str(uri):
-            vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-            return vr, None
-        fobj = fs.open(path, "rb")
-        vr = decord.VideoReader(fobj, ctx=decord.cpu(0), num_threads=1)
-        return vr, fobj
-    except errs as exc:
+        return decord.VideoReader(local, ctx=decord.cpu(0), num_threads=1)
+    except _decord_errors() as exc:
         raise InputError(uri, _reason_from_decord(exc)) from None
 
 
-def _probe_target(uri: str) -> str | None:
-    """What ffprobe reads for ``uri``: a local path as is; an ``http(s)://`` URI as is; for an object store a
-    short-lived signed HTTPS URL (``fs.sign``: s3fs, gcsfs with key credentials), so ffprobe reads only the header
-    with range requests, never the whole file; ``None`` where the filesystem cannot sign (``memory://``, ...)."""
-    u = str(uri)
-    if "://" not in u or u.startswith("file://"):
-        path = u.replace("file://", "", 1)
-        return os.path.abspath(path) if path.startswith("-") else path  # never read as an option
-    if u.startswith(("http://", "https://")):
-        return u
-    try:
-        fs, path = _fs(u)
-        url = str(fs.sign(path, expiration=PROBE_URL_SECONDS))
-    except Exception:  # noqa: BLE001 - NotImplementedError for most filesystems, credential errors for others
-        return None
-    return url if url.startswith(("http://", "https://")) else None
-
-
-def _stream_types(uri: str) -> dict[str, str]:
-    """One ffprobe run: ``{codec_type: codec_name}`` of the streams of ``uri`` (a local file, or a remote one
-    through :func:`_probe_target`); empty when there is nothing ffprobe can read or it fails (decord then gives the
-    real error, and the input counts as having no audio). The signed URL is never logged."""
-    target = _probe_target(uri)
-    if target is None:
-        return {}
+def _stream_types(path: str) -> dict[str, str]:
+    """One ffprobe run: ``{codec_type: codec_name}`` of the streams of a local file (empty when ffprobe cannot
+    read it; decord then gives the real error)."""
     try:
         import ffmpeg
 
-        opts = {"rw_timeout": PROBE_TIMEOUT_US} if target.startswith(("http://", "https://")) else {}
-        meta = ffmpeg.probe(target, **opts)
+        meta = ffmpeg.probe(os.path.abspath(path) if path.startswith("-") else path)  # never read as an option
     except Exception:  # noqa: BLE001 - best effort
         return {}
     out: dict[str, str] = {}
@@ -208,11 +281,12 @@ def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
         first = _load_image(fs, files[0], uri)
         return VideoInfo(uri=uri, frames=len(files), fps=float(fps or DEFAULT_FOLDER_FPS), width=first.shape[1],
                          height=first.shape[0], has_audio=False, kind="folder", frame_files=files)
-    streams = _stream_types(uri)
+    local = local_video(uri)
+    streams = _stream_types(local)
     if streams.get("video") in ("av1",):
         # decord 0.6 bundles FFmpeg 4.1 and has no AV1 decoder: say so instead of failing obscurely.
         raise InputError(uri, "AV1 video is not supported by the decoder; re-encode it (e.g. H.264)")
-    vr, keep = _open_reader(uri)
+    vr = _open_reader(uri, local)
     errs = _decord_errors()
     try:
         n = len(vr)
@@ -224,8 +298,6 @@ def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
         raise InputError(uri, _reason_from_decord(exc)) from None
     finally:
         del vr
-        if keep is not None:
-            keep.close()
     if n == 1:
         raise InputError(uri, "holds a single frame (a still image given as a video)")
     if not rate or not np.isfinite(rate):
@@ -251,7 +323,7 @@ def iter_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK, inf
                     raise InputError(uri, f"frame index {i} out of range (0..{info.frames - 1})")
             yield part, np.stack([_load_image(fs, info.frame_files[i], uri) for i in part])
         return
-    vr, keep = _open_reader(uri)
+    vr = _open_reader(uri)
     errs = _decord_errors()
     try:
         n = len(vr)
@@ -269,8 +341,6 @@ def iter_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK, inf
             yield part, arr
     finally:
         del vr
-        if keep is not None:
-            keep.close()
 
 
 def read_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK,
