@@ -11,7 +11,7 @@ FRAMES, FPS = 40, "12/1"  # the demo's defaults (jobs/commands/demo.py)
 
 
 def main(out: str, status: str) -> int:
-    rows = pq.read_table(Path(out) / "results.parquet").to_pylist()
+    rows = pq.read_table(Path(out) / "results.parquet", use_threads=False).to_pylist()
     assert [r["status"] for r in rows] == [status], rows
     video = rows[0]["output_uri"]
     meta = json.loads(subprocess.run(

@@ -183,7 +183,8 @@ def parse_spec(doc: Any, uri: str = "<spec>") -> DatasetSpec:
 
 
 def load_spec(uri: str) -> DatasetSpec:
-    """Read a YAML spec from any fsspec URI."""
+    """Read a YAML spec from any fsspec URI (a local path is made absolute: the spec's folder anchors its paths)."""
+    uri = storage.absolute(uri)
     try:
         text = storage.read_bytes(uri).decode("utf-8")
     except FileNotFoundError:

@@ -7,14 +7,56 @@ Every entry point (``mf retarget``, ``mf dataset``, ``mf serve``, ``mf demo``, t
 Which cluster (Ray's convention): ``address`` if given, else ``RAY_ADDRESS`` (set by Ray Jobs and KubeRay for
 entrypoints), else a local Ray started here. A local Ray runs without auth unless ``RAY_AUTH_MODE`` says otherwise,
 writes no usage stats and skips the dashboard.
+
+Console (set by :mod:`jobs.cli`, see its docstring): :func:`quiet_native_env` sets the variables that quiet native
+libraries' logging (a local Ray started afterwards passes them on to its workers: they inherit this process's
+environment; a joined cluster's runtime env is left as its owner set it), and :func:`route_ray_logs` makes
+:func:`connect_ray` hand Ray's and Ray Data's Python log records to the root logger's handlers instead of Ray's own
+stderr handlers. Ray workers' output stays in Ray's session logs (``log_to_driver=False``).
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
+
+# native libraries' log thresholds where they honour them: glog (INFO/WARNING off), TensorFlow/TFLite (errors only)
+QUIET_NATIVE_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# Ray's Python loggers that print through their own stderr handlers and do not propagate
+RAY_LOGGERS = ("ray", "ray.data")
+_route = {"ray_logs": False}
+
+
+def quiet_native_env() -> None:
+    """Set :data:`QUIET_NATIVE_ENV` where not set already (call before the native libraries load)."""
+    for key, value in QUIET_NATIVE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def route_ray_logs(enabled: bool = True) -> None:
+    """Whether :func:`connect_ray` routes Ray's Python loggers (:data:`RAY_LOGGERS`) to the root logger; applied
+    at once when Ray is connected already."""
+    _route["ray_logs"] = bool(enabled)
+    if enabled:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            _route_ray_loggers()
+
+
+def _route_ray_loggers() -> None:
+    """Drop the stream (console) handlers of :data:`RAY_LOGGERS` (Ray Data's session file handler stays) and let
+    their records propagate to the root logger, whose handlers decide what the console shows."""
+    import ray.data  # noqa: F401 - configures the "ray.data" logger on import: route it after that
+
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                logger.removeHandler(h)
+        logger.propagate = True
 
 
 def connect_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None, **local_options: Any) -> str:
@@ -26,6 +68,8 @@ def connect_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
+    if _route["ray_logs"]:
+        _route_ray_loggers()
     if ray.is_initialized():
         return "connected"
     address = address or os.environ.get("RAY_ADDRESS") or None

@@ -146,11 +146,11 @@ def run(args) -> int:
     demo = make_demo_inputs(inputs_dir, frames=args.frames, size=args.size or (512 if real else 128),
                             steps=args.steps or (50 if real else 12), window=24 if real else 16,
                             overlap=8 if real else 4)
-    log.warning("demo inputs: source %s, driving pose track %s, manifest %s", demo.source, demo.driving,
-                demo.manifest)
+    log.info("inputs:   %s (source %s, driving pose track %s, manifest %s)", inputs_dir,
+             os.path.basename(demo.source), os.path.basename(demo.driving), os.path.basename(demo.manifest))
     if not real:
-        log.warning("model: bundled tiny preset with random weights — the edited video is untrained noise; "
-                    "use --weights DIR for real results")
+        log.warning("bundled tiny model with random weights: the edited video is untrained noise "
+                    "(--weights DIR for real results)")
     argv = ["retarget", demo.manifest, "--out", out, "--actors", str(args.actors)]
     if real:
         argv += ["--weights", args.weights]

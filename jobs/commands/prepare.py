@@ -40,7 +40,7 @@ def run(args) -> int:
         return 2
     finally:
         bar.close()
-    log.warning("prepared %d frames at %.2f fps into %s (source frames without a person: %d, interpolated: %d; "
+    log.info("prepared %d frames at %.2f fps into %s (source frames without a person: %d, interpolated: %d; "
                 "driving without a person: %d, interpolated: %d)", summary["frames"], summary["fps"], args.out,
                 summary["source_missing"], summary["source_interpolated"], summary["driving_missing"],
                 summary["driving_interpolated"])

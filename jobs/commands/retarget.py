@@ -97,28 +97,28 @@ def run_config(args: argparse.Namespace, *, manifest: str, out: str, gpus: float
 class _Bars:
     """The run's one progress display: a tqdm bar over the windows edited, of those planned so far (the total grows
     as requests are planned), with the requests finished in its postfix. Its clock starts with the run (the driver's
-    first call is ``("request", 0, total)``), and rate and ETA are averages over the whole run (``smoothing=0``),
-    not over the last few windows. Shown on a terminal only (tqdm's ``disable=None``): CI logs get the summary line
-    alone; ``--no-progress`` turns it off everywhere."""
+    first call is ``("request", 0, total)``) and ticks every second between events; rate and ETA are averages over
+    the whole run (``smoothing=0``), not over the last few windows. Shown on a terminal only (tqdm's
+    ``disable=None``): CI logs get the summary line alone; ``--no-progress`` turns it off everywhere."""
+
+    TICK_S = 1.0
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar = None
+        self._stop = None
 
     def __call__(self, kind: str, done: int, total: int) -> None:
         if not self.enabled:
             return
         if self.bar is None:
-            import sys
-
-            from tqdm import tqdm
-
-            # sys.stderr at call time: the console stream jobs.cli set up (fd 2 may point at the log file)
-            self.bar = tqdm(total=None, desc="windows", unit="window", file=sys.stderr, disable=None, smoothing=0,
-                            dynamic_ncols=True, leave=True)
+            self._open(f"requests {done}/{total}" if kind == "request" else None)
         bar = self.bar
+        if bar.disable:  # not a terminal
+            return
         if kind == "request":
-            bar.set_postfix_str(f"requests {done}/{total}")
+            if bar.postfix != f"requests {done}/{total}":
+                bar.set_postfix_str(f"requests {done}/{total}")
         elif kind == "window":
             if total and bar.total != total:
                 bar.total = total
@@ -127,19 +127,52 @@ class _Bars:
             else:
                 bar.refresh()
 
+    def _open(self, postfix) -> None:
+        import sys
+        import threading
+
+        from tqdm import tqdm
+
+        # sys.stderr at call time: the console stream jobs.cli set up (fd 2 may point at the log file)
+        self.bar = tqdm(total=None, desc="windows", unit="window", file=sys.stderr, disable=None, smoothing=0,
+                        leave=True, postfix=postfix, **_width(sys.stderr))
+        if not self.bar.disable:
+            self._stop = threading.Event()
+            threading.Thread(target=self._tick, args=(self.bar, self._stop), name="mf-progress", daemon=True).start()
+
+    def _tick(self, bar, stop) -> None:
+        while not stop.wait(self.TICK_S):
+            bar.refresh()  # takes the bar's lock: safe against the driver's updates
+
     def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _width(stream) -> dict:
+    """Follow the terminal's size; a fixed one where the terminal reports 0x0 (tqdm would draw nothing)."""
+    import os
+
+    try:
+        cols = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        cols = 0
+    return {"dynamic_ncols": True} if cols > 0 else {"ncols": 100, "nrows": 24}
 
 
 def run(args: argparse.Namespace) -> int:
     from jobs.runtime import connect_ray, gpus_per_actor
     from pipelines.batch.driver import run_pipeline
     from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
+    from pipelines.media import storage
 
     connect_ray(args.address, num_cpus=args.num_cpus)
-    cfg = run_config(args, manifest=args.manifest, out=args.out, gpus=gpus_per_actor(args.gpus_per_actor))
+    cfg = run_config(args, manifest=storage.absolute(args.manifest), out=storage.absolute(args.out),
+                     gpus=gpus_per_actor(args.gpus_per_actor))
     metrics = PipelineMetrics()
     if args.metrics_port is not None:
         start_metrics_server(args.metrics_port, metrics)

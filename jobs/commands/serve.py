@@ -37,14 +37,17 @@ def run(args) -> int:
     cfg = ServeConfig.from_env(**{k: v for k, v in overrides.items() if v is not None})
     app = build_app(cfg)
     connect_ray(args.address)
+    stop = threading.Event()  # SIGTERM stops cleanly from here on (Ray's own handler would abort the process)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="mf", route_prefix="/")
     print(f"serving on http://{args.host}:{args.port} (storage {cfg.root}); Ctrl-C stops", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
     except KeyboardInterrupt:
         pass
-    serve.shutdown()
+    try:
+        serve.shutdown()
+    except Exception as exc:  # noqa: BLE001 - e.g. the local Ray was stopped with us (Ctrl-C to the whole group)
+        log.warning("serve shutdown: %s", exc)
     return 0

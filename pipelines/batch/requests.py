@@ -291,7 +291,7 @@ def read_raw_rows(uri: str) -> tuple[list[str], list[dict[str, Any]]]:
         raise ManifestError(f"{uri}: manifest not found") from None
     try:
         if fmt == "parquet":
-            table = pq.read_table(io.BytesIO(data))
+            table = pq.read_table(io.BytesIO(data), use_threads=storage.PARQUET_THREADS)
             return list(table.column_names), table.to_pylist()
         if fmt == "csv":
             reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))

@@ -145,4 +145,4 @@ def read_results(uri: str) -> list[dict[str, Any]]:
     """Rows of a result manifest (empty when it does not exist)."""
     if not storage.exists(uri):
         return []
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), use_threads=storage.PARQUET_THREADS).to_pylist()

@@ -34,6 +34,9 @@ from fsspec.implementations.local import LocalFileSystem
 log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
+# Parquet is read with use_threads=False everywhere (manifests and pose tracks are small): with pyarrow 26 a process
+# that exits after a threaded read aborts ("terminate called without an active exception") in about half the runs.
+PARQUET_THREADS = False
 CONTENT_KEYS = ("ETag", "etag", "checksum", "md5", "content_md5", "crc32c")  # content hashes fsspec backends report
 MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
 
@@ -67,6 +70,11 @@ def join(uri: str, *parts: str) -> str:
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://" + posixpath.join(rest, *clean) if rest else f"{scheme}://" + posixpath.join(*clean)
     return os.path.join(uri, *clean)
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray workers do not share the caller's working directory); URIs unchanged."""
+    return uri if "://" in str(uri) else os.path.abspath(uri)
 
 
 def resolve(base: str, uri: str) -> str:

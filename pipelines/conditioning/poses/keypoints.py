@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.media import storage
 from pipelines.media.errors import InputError
 
 BODY_NAMES = ["nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
@@ -166,7 +167,7 @@ def read_pose_track(uri: str) -> PoseTrack:
         import pyarrow.parquet as pq
 
         try:
-            t = pq.read_table(io.BytesIO(data))
+            t = pq.read_table(io.BytesIO(data), use_threads=storage.PARQUET_THREADS)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
             raise InputError(uri, f"unreadable Parquet pose track: {exc}") from None
         meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
