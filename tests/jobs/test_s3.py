@@ -136,7 +136,7 @@ def _results(s3, out: str) -> dict[str, dict]:
     import pyarrow.parquet as pq
 
     with s3.open(f"{out}/results.parquet", "rb") as f:
-        rows = pq.read_table(io.BytesIO(f.read())).to_pylist()
+        rows = pq.read_table(io.BytesIO(f.read()), use_threads=False).to_pylist()
     return {r["request_id"]: r for r in rows}
 
 

@@ -135,7 +135,7 @@ def test_results_roundtrip(root):
     ]
     uri = storage.join(root, "results", "results.parquet")
     write_results(rows, uri)
-    table = pq.read_table(uri)
+    table = pq.read_table(uri, use_threads=False)
     assert table.schema.equals(RESULT_SCHEMA)
     got = read_results(uri)
     assert [g["status"] for g in got] == ["succeeded", "failed", "skipped"]
