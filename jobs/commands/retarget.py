@@ -185,5 +185,6 @@ def run(args: argparse.Namespace) -> int:
     first = "-" if summary.first_window_seconds is None else f"{summary.first_window_seconds:.1f}s"
     print(f"retarget: requests {counts} | {summary.frames} frames in {summary.wall_seconds:.1f}s "
           f"({summary.frames_per_second:.2f} frames/s) | windows {summary.windows or {}} | first window {first} | "
-          f"edit busy {100 * summary.edit_busy_share:.0f}% | results {summary.results_uri}", flush=True)
+          f"edit busy {100 * summary.edit_busy_share:.0f}% | {summary.bytes_written / 2**20:.1f} MiB written | "
+          f"results {summary.results_uri}", flush=True)
     return 0 if summary.counts.get("failed", 0) == 0 else 2
