@@ -27,13 +27,12 @@ if [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -
   "$VENV/bin/python" -m pip install -q --no-deps -e .
   touch "$stamp"
 fi
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 export RAY_USAGE_STATS_ENABLED=0
 
 task=${1:-demo}; shift || true
 case "$task" in
   setup) ;;
   demo) exec "$VENV/bin/mf" demo "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} exec "$VENV/bin/python" -m pytest "$@" ;;  # tests start their own Ray
   *) echo "usage: ./dev.sh demo|test|setup [args]" >&2; exit 2 ;;
 esac

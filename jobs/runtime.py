@@ -5,8 +5,11 @@ Every entry point (``mf retarget``, ``mf dataset``, ``mf serve``, ``mf demo``, t
 :meth:`pipelines.batch.config.ModelSpec.for_gpus`.
 
 Which cluster (Ray's convention): ``address`` if given, else ``RAY_ADDRESS`` (set by Ray Jobs and KubeRay for
-entrypoints), else a local Ray started here. A local Ray runs without auth unless ``RAY_AUTH_MODE`` says otherwise,
-writes no usage stats and skips the dashboard.
+entrypoints), else a local Ray started here. Which one is logged. A local Ray uses token authentication unless
+``RAY_AUTH_MODE`` says otherwise (:func:`local_auth`), writes no usage stats and skips the dashboard. Ray 2.60 cannot
+be held to the loopback address (``ray.init`` resolves 127.0.0.1 to the node's reachable address, and its GCS and
+raylet listen on every interface), so the token is what keeps other hosts out; ``RAY_AUTH_MODE=disabled`` runs it
+open, for trusted networks only. The Serve HTTP proxy of ``mf serve`` binds to ``--host`` (127.0.0.1 by default).
 
 Console (set by :mod:`jobs.cli`, see its docstring): :func:`quiet_native_env` sets the variables that quiet native
 libraries' logging (a local Ray started afterwards passes them on to its workers: they inherit this process's
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 from typing import Any, Optional
 
@@ -66,19 +70,34 @@ def connect_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None
     Returns ``"joined"``, ``"local"`` or ``"connected"``.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address and "ray" not in sys.modules:
+        local_auth()  # before ray is imported: the driver reads RAY_AUTH_MODE at import
     import ray
 
     if _route["ray_logs"]:
         _route_ray_loggers()
     if ray.is_initialized():
         return "connected"
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)
+        log.info("joined the Ray cluster at %s", address)
         return "joined"
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **local_options)
+    log.info("started a local Ray (auth: %s)", os.environ.get("RAY_AUTH_MODE", "Ray's default"))
     return "local"
+
+
+def local_auth() -> str:
+    """Token authentication for a local Ray unless ``RAY_AUTH_MODE`` says otherwise: with no token configured
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) a random one is made for this process and
+    the Ray it starts, and nobody else. Returns the mode."""
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
+    configured = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+        or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+    if mode == "token" and not configured:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return mode
 
 
 def cluster_gpus() -> float:

@@ -22,6 +22,7 @@ from pipelines.batch.config import RunConfig
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
+from pipelines.batch.stages import Cancel, RequestCancelled, check_cancel
 from pipelines.batch.tasks import FAILED, RequestPlan, WindowTask, error_text
 from pipelines.media import storage
 from pipelines.media.encode import VideoWriter, to_fraction
@@ -81,7 +82,7 @@ def _audio_of(req: Request, plan: RequestPlan) -> tuple[Optional[str], float]:
 
 
 def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: list[str], resize: _Resizer,
-                   cfg: RunConfig) -> None:
+                   cfg: RunConfig, cancel: Optional[Cancel]) -> None:
     def read_preview(w: Window) -> np.ndarray:
         z = storage.read_npz(uris[w.index])
         return np.stack([side_by_side(resize.crop(a), resize.crop(b), resize.crop(c))
@@ -91,10 +92,12 @@ def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: li
                      crf=cfg.processing.encode_crf) as pw:
         for _, frame in iter_stitched(wins, read_preview, crossfade=cfg.processing.crossfade):
             pw.write(frame)
+        check_cancel(cancel)
 
 
-def stitch_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
-    """Blend a request's windows in order into its video (+ preview); commit; write the done marker."""
+def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> dict[str, Any]:
+    """Blend a request's windows in order into its video (+ preview); commit; write the done marker. ``cancel`` is
+    checked before each commit (:class:`~pipelines.batch.stages.RequestCancelled`): nothing is written after it."""
     tasks = sorted(tasks, key=lambda t: t.index)
     identity = _identity_of(tasks)
     req, plan = tasks[0].request, tasks[0].plan
@@ -107,8 +110,9 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
                      preset=cfg.processing.encode_preset, crf=cfg.processing.encode_crf) as writer:
         stats = stitch_to_writer(wins, lambda w: storage.read_npz(uris[w.index])["frames"], writer,
                                  crossfade=cfg.processing.crossfade, transform=resize)
+        check_cancel(cancel)  # raising here aborts the writer: the video is not committed
     if req.preview and req.preview_output:
-        _write_preview(req, plan, wins, uris, resize, cfg)
+        _write_preview(req, plan, wins, uris, resize, cfg, cancel)
     res = writer.result
     row = result_row(
         req, tasks[0].inputs, "succeeded", frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
@@ -119,6 +123,7 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
         bytes_written=_bytes_of(req.output, req.preview_output if req.preview else None),
         finished_at=datetime.now(timezone.utc))
     marker = dict(row, finished_at=row["finished_at"].isoformat())
+    check_cancel(cancel)
     storage.atomic_write_text(cfg.marker_uri(req.request_id), json.dumps(marker, sort_keys=True))
     _drop_windows(req, cfg)
     return row
@@ -154,7 +159,7 @@ def _total(tasks: list[WindowTask], stage: str) -> float:
     return sum(getattr(t.times, stage) or 0.0 for t in tasks)
 
 
-def finish_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
+def finish_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> dict[str, Any]:
     """The result row of a request whose tasks are all in: failed (first failed window's error) or stitched."""
     req, inputs = tasks[0].request, tasks[0].inputs
     if tasks[0].plan_failed:
@@ -164,7 +169,9 @@ def finish_request(tasks: list[WindowTask], cfg: RunConfig) -> dict[str, Any]:
         first = min(failed, key=lambda t: t.index)
         return result_row(req, inputs, "failed", error=first.error, windows=len(tasks))
     try:
-        return stitch_request(tasks, cfg)
+        return stitch_request(tasks, cfg, cancel)
+    except RequestCancelled:
+        raise
     except Exception as exc:  # noqa: BLE001
         log.info("stitch failed for %s: %s", req.request_id, exc)
         return result_row(req, inputs, "failed", error=f"stitch: {error_text(exc)}", windows=len(tasks))

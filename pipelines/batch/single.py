@@ -19,7 +19,15 @@ from pipelines.batch.config import RunConfig
 from pipelines.batch.finish import finish_request, skipped_row
 from pipelines.batch.identity import request_identity
 from pipelines.batch.requests import Request
-from pipelines.batch.stages import Conditioner, conditioner_for, edit_task, plan_request, prepare_task
+from pipelines.batch.stages import (
+    Cancel,
+    Conditioner,
+    check_cancel,
+    conditioner_for,
+    edit_task,
+    plan_request,
+    prepare_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +35,13 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total): "window" per
 
 
 def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optional[Progress] = None,
-                 conditioner: Optional[Conditioner] = None, model_key: Optional[str] = None) -> dict[str, Any]:
+                 conditioner: Optional[Conditioner] = None, model_key: Optional[str] = None,
+                 cancel: Optional[Cancel] = None) -> dict[str, Any]:
     """Edit one request with ``model`` (an ``mf_model`` model loaded from ``cfg.model``) and return its result row
     (see :data:`pipelines.batch.results.RESULT_SCHEMA`). Never raises for a bad input: the row says ``failed`` and
-    why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it."""
+    why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it.
+    ``cancel``: checked before each stage, between the sampler's steps and before every write; once it returns True,
+    :class:`~pipelines.batch.stages.RequestCancelled` is raised and nothing more is written."""
     t0 = time.perf_counter()
     inputs = request_identity(request, model_key or identity.model_key(cfg.model))
     done = skipped_row(request, inputs, cfg)
@@ -41,10 +52,13 @@ def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optiona
     tasks = plan_request(request, inputs, cfg, cond)
     if not tasks[0].plan_failed:
         for i, task in enumerate(tasks):
-            tasks[i] = edit_task(prepare_task(task, cond), model, model_identity, cfg)
+            check_cancel(cancel)
+            task = prepare_task(task, cond)
+            check_cancel(cancel)
+            tasks[i] = edit_task(task, model, model_identity, cfg, cancel)
             if progress:
                 progress("window", i + 1, len(tasks))
-    result = finish_request(tasks, cfg)
+    result = finish_request(tasks, cfg, cancel)
     result["seconds_total"] = time.perf_counter() - t0
     if progress:
         progress("request", 1, 1)

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
@@ -38,6 +39,17 @@ from pipelines.windows.planning import plan_windows, window_id
 log = logging.getLogger(__name__)
 
 POSE_TRACK_SUFFIXES = (".parquet", ".json")
+Cancel = Callable[[], bool]  # returns True once the request is cancelled (e.g. the Serve app's DELETE)
+
+
+class RequestCancelled(Exception):
+    """Raised out of the stage functions (never turned into a failed row) when their ``cancel`` says so."""
+
+
+def check_cancel(cancel: Optional[Cancel]) -> None:
+    """Raise :class:`RequestCancelled` when ``cancel()`` is true: called between sampler steps and before writes."""
+    if cancel is not None and cancel():
+        raise RequestCancelled()
 
 
 class Conditioner:
@@ -160,16 +172,20 @@ def prepare_task(task: WindowTask, cond: Conditioner) -> WindowTask:
 
 # ------------------------------------------------------------------------------------------------ edit
 
-def edit_task(task: WindowTask, model: Any, identity: dict[str, Any], cfg: RunConfig) -> WindowTask:
+def edit_task(task: WindowTask, model: Any, identity: dict[str, Any], cfg: RunConfig,
+              cancel: Optional[Cancel] = None) -> WindowTask:
     """Edit a prepared window with ``model`` (an ``mf_model`` model) and write its frames atomically to
-    ``task.uri``. Consumes the payload; tasks that are not pending pass through."""
+    ``task.uri``. Consumes the payload; tasks that are not pending pass through. ``cancel`` is checked between the
+    sampler's steps and before the write (:class:`RequestCancelled`)."""
     payload, task.payload = task.payload, None
     if not task.pending:
         return task
     t0 = time.perf_counter()
     task.times.edit_started_at = time.time()
     try:
-        _edit(task, payload, model, identity, cfg)
+        _edit(task, payload, model, identity, cfg, cancel)
+    except RequestCancelled:
+        raise
     except Exception as exc:  # noqa: BLE001
         task.fail("edit", exc)
         log.debug("edit failed: %s", traceback.format_exc())
@@ -179,7 +195,8 @@ def edit_task(task: WindowTask, model: Any, identity: dict[str, Any], cfg: RunCo
     return task
 
 
-def _edit(task: WindowTask, payload: Optional[bytes], model: Any, identity: dict[str, Any], cfg: RunConfig) -> None:
+def _edit(task: WindowTask, payload: Optional[bytes], model: Any, identity: dict[str, Any], cfg: RunConfig,
+          cancel: Optional[Cancel]) -> None:
     import mf_model
 
     req = task.request
@@ -190,11 +207,12 @@ def _edit(task: WindowTask, payload: Optional[bytes], model: Any, identity: dict
                                  name=f"{req.request_id}[{task.start}:{task.end}]")
     opts = mf_model.EditOptions(steps=req.steps, cfg=req.cfg, camera=req.camera, seed=req.seed)
     t1 = time.perf_counter()
-    result = model.edit(window, opts)
+    result = model.edit(window, opts, progress=(lambda step, steps: check_cancel(cancel)) if cancel else None)
     task.times.model = time.perf_counter() - t1
     extra = {k: arrays[k] for k in ("source_frames", "target_poses")} if req.preview else {}
     t2 = time.perf_counter()
     ident = json.dumps(identity, sort_keys=True)
+    check_cancel(cancel)
     storage.write_npz(task.uri, compress=cfg.processing.compress_windows, frames=result.frames,
                       identity=np.array(ident), **extra)
     task.times.write = time.perf_counter() - t2

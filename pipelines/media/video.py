@@ -31,6 +31,7 @@ import numpy as np
 
 from pipelines.media import storage
 from pipelines.media.errors import InputError
+from pipelines.media.ffprobe import probe_media
 from pipelines.media.geometry import fit_frame
 
 log = logging.getLogger(__name__)
@@ -253,21 +254,6 @@ def _open_reader(uri: str, local: str | None = None):
         raise InputError(uri, _reason_from_decord(exc)) from None
 
 
-def _stream_types(path: str) -> dict[str, str]:
-    """One ffprobe run: ``{codec_type: codec_name}`` of the streams of a local file (empty when ffprobe cannot
-    read it; decord then gives the real error)."""
-    try:
-        import ffmpeg
-
-        meta = ffmpeg.probe(os.path.abspath(path) if path.startswith("-") else path)  # never read as an option
-    except Exception:  # noqa: BLE001 - best effort
-        return {}
-    out: dict[str, str] = {}
-    for s in meta.get("streams", []):
-        out.setdefault(s.get("codec_type") or "", s.get("codec_name") or "")
-    return out
-
-
 def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
     """Frames, fps, size and audio presence of a video file or a ``frame_{i}`` folder.
 
@@ -282,8 +268,11 @@ def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
         return VideoInfo(uri=uri, frames=len(files), fps=float(fps or DEFAULT_FOLDER_FPS), width=first.shape[1],
                          height=first.shape[0], has_audio=False, kind="folder", frame_files=files)
     local = local_video(uri)
-    streams = _stream_types(local)
-    if streams.get("video") in ("av1",):
+    try:
+        media = probe_media(local)  # container allow-list and constant rate, before any decoder opens it
+    except InputError as exc:
+        raise InputError(uri, exc.reason) from None
+    if media.codec in ("av1",):
         # decord 0.6 bundles FFmpeg 4.1 and has no AV1 decoder: say so instead of failing obscurely.
         raise InputError(uri, "AV1 video is not supported by the decoder; re-encode it (e.g. H.264)")
     vr = _open_reader(uri, local)
@@ -302,7 +291,7 @@ def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
         raise InputError(uri, "holds a single frame (a still image given as a video)")
     if not rate or not np.isfinite(rate):
         rate = float(fps or 25.0)
-    return VideoInfo(uri=uri, frames=int(n), fps=rate, width=int(w), height=int(h), has_audio="audio" in streams,
+    return VideoInfo(uri=uri, frames=int(n), fps=rate, width=int(w), height=int(h), has_audio=media.has_audio,
                      kind="video")
 
 

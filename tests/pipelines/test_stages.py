@@ -64,7 +64,7 @@ class FakeModel:
     def identity(self):
         return {"model": "fake", "weights_id": "fake-1", "estimator": "shared", "dtype": "float32", "device": "cpu"}
 
-    def edit(self, window, opts):
+    def edit(self, window, opts, progress=None):
         self.calls += 1
         if self.fail:
             raise RuntimeError("out of memory")
@@ -278,3 +278,39 @@ def test_a_bad_request_id_is_a_failed_row_with_a_safe_id(tmp_path):
     (bad,) = man.invalid
     assert "request_id" in bad.error and "/" not in bad.request_id and ".." not in bad.request_id
 
+
+
+class SteppingModel(FakeModel):
+    """Reports 10 sampler steps through ``progress``, as the real model does."""
+
+    def edit(self, window, opts, progress=None):
+        for step in range(10):
+            self.calls += 1
+            if progress:
+                progress(step + 1, 10)
+        return SimpleNamespace(frames=255 - window.source_frames)
+
+
+def test_cancel_stops_between_sampler_steps_and_nothing_is_written(cfg):
+    from pipelines.batch.single import edit_request
+    from pipelines.batch.stages import RequestCancelled
+
+    flips = iter([False] * 4 + [True] * 100)  # before prepare, before edit, then true at sampler step 3
+    model = SteppingModel()
+    req = _request(cfg)
+    with pytest.raises(RequestCancelled):
+        edit_request(req, cfg, model, conditioner=FakeConditioner(), model_key="m", cancel=lambda: next(flips))
+    assert model.calls == 3  # stopped inside the first window, at the step it was cancelled (the third)
+    assert not storage.exists(storage.join(cfg.out, "windows")) and not storage.exists(req.output)
+
+
+def test_cancel_before_the_commit_leaves_no_video_and_no_marker(cfg):
+    from pipelines.batch.stages import RequestCancelled
+
+    req = _request(cfg)
+    tasks = _run(cfg, req)
+    with pytest.raises(RequestCancelled):
+        finish_request(tasks, cfg, cancel=lambda: True)
+    assert not storage.exists(req.output) and skipped_row(req, _inputs(req), cfg) is None
+    videos = storage.parent(req.output)
+    assert not storage.exists(videos) or storage.listdir(videos) == []  # no temporary file left either

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -191,3 +192,48 @@ def read_pose_track(uri: str) -> PoseTrack:
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(uri, f"not a pose track (Parquet or JSON with frames/body/hands/width/height): {exc}") \
             from None
+
+
+JSON_FPS = re.compile(rb'"fps"\s*:\s*(-?[0-9.eE+-]+)')
+HEADER_CHUNK = 1 << 20
+
+
+def pose_track_header(uri: str) -> tuple[int, float]:
+    """``(frames, fps)`` of a pose-track file without materialising its rows: the Parquet footer (row count and
+    schema metadata), or a streamed scan of a JSON track (its ``fps`` and the number of ``"body"`` entries), in
+    memory bounded by one chunk. Raises :class:`InputError` when it is unreadable or its fps is not positive."""
+    fs, path = storage.open_fs(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(0)
+            frames, fps = _parquet_header(fh, uri) if head == b"PAR1" else _json_header(fh)
+    except FileNotFoundError:
+        raise InputError(uri, "pose track file not found") from None
+    if not fps or not np.isfinite(fps) or fps <= 0:
+        raise InputError(uri, f"pose track fps must be positive, got {fps!r}")
+    if frames <= 0:
+        raise InputError(uri, "pose track holds no frames")
+    return frames, fps
+
+
+def _parquet_header(fh, uri: str) -> tuple[int, float]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(fh)
+        meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
+        return int(pf.metadata.num_rows), float(meta.get("fps", 0) or 0)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise InputError(uri, f"unreadable Parquet pose track: {type(exc).__name__}") from None
+
+
+def _json_header(fh) -> tuple[int, float]:
+    frames, fps, tail = 0, None, b""
+    while chunk := fh.read(HEADER_CHUNK):
+        data = tail + chunk
+        frames += data.count(b'"body"') - tail.count(b'"body"')
+        if fps is None and (m := JSON_FPS.search(data)):
+            fps = float(m.group(1))
+        tail = data[-16:]
+    return frames, fps or 0.0
