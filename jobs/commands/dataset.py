@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("spec", help="dataset spec (YAML, any fsspec URI)")
-        q.add_argument("--address", default=None, help="Ray cluster address; default: start a local Ray")
+        q.add_argument("--address", default=None,
+                       help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
         q.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: all)")
         q.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
 
