@@ -21,7 +21,8 @@ _EXPORTS = {
     "mf_model.loading": ("CoverageReport", "WeightsError"),
     "mf_model.model": ("MotionFollower", "load_model", "parse_dtype"),
     "mf_model.noise": ("ArrayNoise", "FrameIndexedNoise", "NoiseProvider", "SequentialNoise"),
-    "mf_model.window": ("MAX_WINDOW_FRAMES", "EditOptions", "EditResult", "EditWindow", "WindowError"),
+    "mf_model.window": ("FAST_OVERLAP", "FAST_STEPS", "FAST_WINDOW_FRAMES", "MAX_WINDOW_FRAMES", "EditOptions",
+                        "EditResult", "EditWindow", "WindowError"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -46,4 +47,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from mf_model.loading import CoverageReport, WeightsError  # noqa: F401
     from mf_model.model import MotionFollower, load_model, parse_dtype  # noqa: F401
     from mf_model.noise import ArrayNoise, FrameIndexedNoise, NoiseProvider, SequentialNoise  # noqa: F401
-    from mf_model.window import MAX_WINDOW_FRAMES, EditOptions, EditResult, EditWindow, WindowError  # noqa: F401
+    from mf_model.window import (  # noqa: F401
+        FAST_OVERLAP,
+        FAST_STEPS,
+        FAST_WINDOW_FRAMES,
+        MAX_WINDOW_FRAMES,
+        EditOptions,
+        EditResult,
+        EditWindow,
+        WindowError,
+    )

@@ -142,23 +142,43 @@ def guidance_energies(edit_feats: Sequence[torch.Tensor], rec_feats: Sequence[to
     return fg, bg
 
 
+def _input_gradients(energies: Sequence[torch.Tensor], x: torch.Tensor, scale: float) -> list[torch.Tensor]:
+    """∂(scale·E_k)/∂x for each energy, from ONE backward pass when several need it.
+
+    Two separate ``autograd.grad`` calls would each re-run the checkpointed estimator segments; one batched call
+    (``is_grads_batched``: a vmapped backward over the stacked energies) recomputes them once.
+    """
+    live = [k for k, e in enumerate(energies) if e.requires_grad]
+    grads = [torch.zeros_like(x) for _ in energies]
+    if len(live) == 1:
+        grads[live[0]] = torch.autograd.grad(scale * energies[live[0]], x)[0]
+    elif live:
+        stacked = scale * torch.stack([energies[k] for k in live])
+        eye = torch.eye(len(live), dtype=stacked.dtype, device=stacked.device)
+        batched = torch.autograd.grad(stacked, x, grad_outputs=eye, is_grads_batched=True)[0]
+        for j, k in enumerate(live):
+            grads[k] = batched[j]
+    return grads
+
+
 def score_guidance(features: Callable[[torch.Tensor, bool], Sequence[torch.Tensor]], x: torch.Tensor,
-                   x_rec: torch.Tensor, masks: GuidanceMasks, weights: GuidanceWeights) -> torch.Tensor:
+                   x_rec: torch.Tensor, masks: GuidanceMasks, weights: GuidanceWeights,
+                   rec_feats: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """The guidance added to the v-prediction: 0.04·(∂(λL_fg)/∂x ⊙ T + ∂(λL_bg)/∂x ⊙ (1 − T)).
 
     ``features(latent, is_edit)`` runs the estimator's truncated forward with the edit's (target) or the
-    reconstruction's (source) pose features.
+    reconstruction's (source) pose features. ``rec_feats``: the reference features of ``x_rec`` when the caller
+    already has them (a weight-sharing estimator's reconstruction forward of the same step computed exactly these
+    up-block activations); otherwise they are computed here.
     """
-    with torch.no_grad():
-        rec = [f.detach() for f in features(x_rec, False)]
+    if rec_feats is None:
+        with torch.no_grad():
+            rec_feats = features(x_rec, False)
+    rec = [f.detach() for f in rec_feats]
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         edit = features(xg, True)
         fg, bg = guidance_energies(edit, rec, masks, weights)
-        lam = weights.energy_scale
-        g_fg = torch.autograd.grad(lam * fg, xg, retain_graph=True, allow_unused=True)[0] if fg.requires_grad else None
-        g_bg = torch.autograd.grad(lam * bg, xg, allow_unused=True)[0] if bg.requires_grad else None
-    g_fg = torch.zeros_like(x) if g_fg is None else g_fg
-    g_bg = torch.zeros_like(x) if g_bg is None else g_bg
+        g_fg, g_bg = _input_gradients((fg, bg), xg, weights.energy_scale)
     t = masks.target_latent.to(x.dtype)
     return weights.factor * (g_fg * t + g_bg * (1 - t))

@@ -94,8 +94,7 @@ class MotionFollower:
         for m in self.modules():
             m.requires_grad_(False)
             m.eval()
-        # guidance differentiates the estimator w.r.t. its input: checkpoint its blocks (no effect under no_grad)
-        self.estimator.gradient_checkpointing = True
+        # activation checkpointing of the estimator in guidance is decided per run (EditOptions.guidance_checkpointing)
 
     # -- construction ----------------------------------------------------------------------------------------
     def modules(self):
@@ -338,7 +337,8 @@ class MotionFollower:
         weights = GuidanceWeights(energy_scale=options.energy_scale, factor=options.guidance_factor)
         return TwoBranchSampler(self.unet, self.estimator, Schedule(self.config.scheduler, options.steps),
                                 cfg=options.cfg, camera=options.camera, weights=weights,
-                                sde_strength=options.sde_strength, tap=tap)
+                                sde_strength=options.sde_strength, tap=tap,
+                                checkpointing=options.guidance_checkpointing)
 
     def edit(self, window: EditWindow, options: EditOptions = EditOptions(), noise: Optional[NoiseProvider] = None,
              lockstep: bool = True, reconstruction: bool = False, tap: Optional[Tap] = None,

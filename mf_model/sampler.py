@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from mf_model.camera import KVBank, camera_mode
+from mf_model.cost import guidance_graph_bytes
 from mf_model.guidance import GuidanceMasks, GuidanceWeights, score_guidance
 from mf_model.noise import NoiseProvider
 from mf_model.schedule import Schedule
@@ -25,6 +26,7 @@ from mf_model.unet import UNet3DConditionModel
 
 log = logging.getLogger(__name__)
 Tap = Callable[[str, int, object], None]
+GUIDANCE_UP_BLOCKS = (1, 2)  # the estimator features the guidance energies compare
 
 
 @dataclass
@@ -44,11 +46,15 @@ class Conditions:
 class TwoBranchSampler:
     def __init__(self, unet: UNet3DConditionModel, estimator: UNet3DConditionModel, schedule: Schedule,
                  cfg: float, camera: bool, weights: GuidanceWeights = GuidanceWeights(), sde_strength: float = 0.4,
-                 tap: Optional[Tap] = None):
+                 tap: Optional[Tap] = None, checkpointing: Optional[bool] = None):
         self.unet, self.estimator, self.sched = unet, estimator, schedule
         self.cfg, self.camera, self.weights, self.sde_strength = cfg, camera, weights, sde_strength
         self.tap = tap or (lambda name, i, value: None)
         self.timings: dict[str, list[float]] = defaultdict(list)  # seconds per call, by phase
+        self.checkpointing = checkpointing  # activation checkpointing in guidance; None: decide from free memory
+        # a weight-sharing estimator's reference features ARE the reconstruction forward's up-block outputs
+        self.share_rec_features = estimator is unet
+        self._rec_feats: Optional[tuple[int, list[torch.Tensor]]] = None  # (step, features) of the current step
 
     @contextmanager
     def _timed(self, phase: str):
@@ -61,11 +67,14 @@ class TwoBranchSampler:
         self.timings[phase].append(time.perf_counter() - start)
 
     # -- one reconstruction step -------------------------------------------------------------------------------
-    def _rec_step(self, i: int, x_rec: torch.Tensor, c: Conditions, bank: Optional[KVBank]) -> torch.Tensor:
+    def _rec_step(self, i: int, x_rec: torch.Tensor, c: Conditions, bank: Optional[KVBank],
+                  capture: bool = False) -> torch.Tensor:
         t = self.sched.timesteps[i]
+        feats = {k: None for k in GUIDANCE_UP_BLOCKS} if capture and self.sched.plan.guidance(i) else None
         with camera_mode(self.unet.camera_hook, "save" if bank is not None else None, bank), \
                 self._timed("reconstruction_forward"):
-            v = self.unet(x_rec, t, c.clip, c.pose_src, c.app_unet)
+            v = self.unet(x_rec, t, c.clip, c.pose_src, c.app_unet, capture_up=feats)
+        self._rec_feats = (i, [feats[k] for k in GUIDANCE_UP_BLOCKS]) if feats is not None else None
         self.tap("rec_unet_out", i, v)
         return self.sched.ddim_step(v, t, x_rec)
 
@@ -73,8 +82,14 @@ class TwoBranchSampler:
     def _features(self, c: Conditions, t: int):
         def run(latent: torch.Tensor, is_edit: bool):
             pose = c.pose_tgt if is_edit else c.pose_src
-            return self.estimator(latent, t, c.clip, pose, c.app_est, up_ft_indices=[1, 2])
+            return self.estimator(latent, t, c.clip, pose, c.app_est, up_ft_indices=list(GUIDANCE_UP_BLOCKS))
         return run
+
+    def _guidance(self, i: int, t: int, x: torch.Tensor, x_rec: torch.Tensor, c: Conditions,
+                  masks: GuidanceMasks) -> torch.Tensor:
+        rec = self._rec_feats[1] if self._rec_feats is not None and self._rec_feats[0] == i else None
+        with self._timed("guidance"):
+            return score_guidance(self._features(c, t), x, x_rec, masks, self.weights, rec_feats=rec)
 
     def _edit_step(self, i: int, x: torch.Tensor, x_rec: torch.Tensor, c: Conditions, masks: GuidanceMasks,
                    bank: Optional[KVBank], noise: NoiseProvider) -> torch.Tensor:
@@ -98,8 +113,7 @@ class TwoBranchSampler:
                 self.tap("edit_unet_out", i, (v_u, v_c) if use_cfg else v)
             v_org = v
             if plan.guidance(i):
-                with self._timed("guidance"):
-                    g = score_guidance(self._features(c, t), x, x_rec, masks, self.weights)
+                g = self._guidance(i, t, x, x_rec, c, masks)
                 self.tap("guidance", i, g)
                 v = v + g
             x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * v
@@ -123,6 +137,21 @@ class TwoBranchSampler:
                 x = a_t ** 0.5 * x0_re + (1 - a_t) ** 0.5 * eps_re
         return x_prev
 
+    def use_checkpointing(self, latent_shape) -> bool:
+        """Checkpoint the estimator in guidance? The explicit option, else: on CUDA when the guidance graph
+        (estimated, with a margin) does not fit the free device memory; never on the CPU."""
+        if self.checkpointing is not None:
+            return bool(self.checkpointing)
+        weight = self.estimator.conv_in.weight
+        if not weight.is_cuda:
+            return False
+        free, _ = torch.cuda.mem_get_info(weight.device)
+        need = guidance_graph_bytes(self.estimator.config, latent_shape, weight.element_size())
+        use = 1.25 * need > free
+        log.info("guidance graph ≈%.1f GiB, %.1f GiB free: activation checkpointing %s", need / 2**30,
+                 free / 2**30, "on" if use else "off")
+        return use
+
     # -- the whole run ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, c: Conditions, noise: NoiseProvider, lockstep: bool = True,
@@ -140,16 +169,17 @@ class TwoBranchSampler:
         cam = lambda i: (KVBank(c.source_masks, c.target_masks)  # noqa: E731
                          if self.camera and self.sched.plan.camera(i) else None)
         x_rec, x = x_t, x_t
+        self.estimator.gradient_checkpointing = self.use_checkpointing(c.latent_shape)
         if lockstep:
             for i in range(steps):
                 bank = cam(i)
                 self.tap("rec_latent", i, x_rec)
-                x_rec_next = self._rec_step(i, x_rec, c, bank)
+                x_rec_next = self._rec_step(i, x_rec, c, bank, capture=self.share_rec_features)
                 if bank is not None:
                     self.tap("kv", i, bank)
                 x = self._edit_step(i, x, x_rec, c, masks, bank, noise)
                 self.tap("edit_latent", i, x)
-                x_rec = x_rec_next
+                x_rec, self._rec_feats = x_rec_next, None
                 if progress:
                     progress(i + 1, steps)
             return x, x_rec

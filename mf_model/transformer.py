@@ -46,7 +46,8 @@ class Transformer3DModel(nn.Module):
             raise ValueError(f"conditioning has {context.shape[0]} rows for {bf} frames")
         residual = x
         x = self.proj_in(self.norm(x))
-        x = x.permute(0, 2, 3, 1).reshape(bf, h * w, c)
+        # contiguous rows: a strided view makes frozen-weight matmuls run as many tiny products
+        x = x.permute(0, 2, 3, 1).contiguous().view(bf, h * w, c)
         for block in self.transformer_blocks:
             x = block(x, context, (h, w))
         x = x.reshape(bf, h, w, c).permute(0, 3, 1, 2).contiguous()
@@ -77,7 +78,7 @@ class VersatileAttention(Attention):
     def forward_frames(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         bf, n, c = x.shape
         b = bf // frames
-        x = x.reshape(b, frames, n, c).permute(0, 2, 1, 3).reshape(b * n, frames, c)
+        x = x.reshape(b, frames, n, c).permute(0, 2, 1, 3).contiguous().view(b * n, frames, c)
         if self.pos_encoder is not None:
             if frames > self.pos_encoder.pe.shape[1]:
                 raise ValueError(
@@ -118,7 +119,7 @@ class TemporalTransformer3DModel(nn.Module):
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         bf, c, h, w = x.shape
         residual = x
-        x = self.norm(x).permute(0, 2, 3, 1).reshape(bf, h * w, c)
+        x = self.norm(x).permute(0, 2, 3, 1).contiguous().view(bf, h * w, c)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x, frames)

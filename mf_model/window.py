@@ -8,6 +8,10 @@ from typing import Optional
 import numpy as np
 
 MAX_WINDOW_FRAMES = 32  # rows of the motion modules' temporal position encoding
+# The faster preset ("faster, not validated for quality without real weights"): 25 steps with the official step
+# plan scaled (schedule.StepPlan), windows of 32 frames overlapping by 8 (24 new frames per window instead of 16).
+# benchmarks/window_flops.py --steps 25 --frames 32 counts it.
+FAST_STEPS, FAST_WINDOW_FRAMES, FAST_OVERLAP = 25, 32, 8
 
 
 class WindowError(ValueError):
@@ -30,6 +34,15 @@ class EditOptions:
     guidance_factor: float = 0.04
     sde_strength: float = 0.4
     decode: bool = True
+    # activation checkpointing of the estimator during guidance (less memory, one more estimator forward per
+    # guidance call): None decides from free device memory on CUDA and leaves it off on the CPU
+    guidance_checkpointing: Optional[bool] = None
+
+    @classmethod
+    def fast(cls, **overrides) -> EditOptions:
+        """The faster preset's options (``FAST_STEPS``; use with ``FAST_WINDOW_FRAMES``/``FAST_OVERLAP``) —
+        faster, not validated for quality without real weights."""
+        return cls(**{"steps": FAST_STEPS, **overrides})
 
 
 @dataclass

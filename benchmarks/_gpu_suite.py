@@ -1,0 +1,103 @@
+"""Every GPU figure in one run (driven by ``benchmarks/gpu_suite.sh``): per-window time and peak device memory of
+sd15 at 512² for 8 and 24 frames, fp16 and bf16, camera off and on; GPU-seconds per new output frame (window 24,
+overlap 8); achieved TFLOP/s from the exact MAC count of the same work (``benchmarks/window_flops.py``).
+
+``--dry-run`` sends the tiny preset through the same code on the CPU (small size, few steps).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+_CALLS: dict = {}
+
+
+def window_macs(preset_name: str, frames: int, size: int, steps: int, camera: bool, checkpointing: bool) -> int:
+    from benchmarks.window_flops import PhaseCounter, one_calls, phase_table, plan_counts
+    key = (preset_name, frames, size)
+    if key not in _CALLS:
+        _CALLS[key] = one_calls(PhaseCounter(frames, size, preset_name))
+    calls = _CALLS[key]
+    table = phase_table(calls, plan_counts(steps), frames, camera, "ours+ckpt" if checkpointing else "ours")
+    return sum(table.values())
+
+
+def run_config(model, preset_name: str, frames: int, size: int, steps: int, camera: bool, overlap: int) -> dict:
+    from benchmarks.model_window import synthetic_window
+    from mf_model import EditOptions
+    cuda = model.device.type == "cuda"
+    win = synthetic_window(frames, size, size)
+    opts = EditOptions(steps=steps, camera=camera, seed=0)
+    ckpt = model.sampler(opts).use_checkpointing((1, 4, frames, size // 8, size // 8))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model.edit(win, opts)
+    if cuda:
+        torch.cuda.synchronize()
+    sec = time.perf_counter() - t0
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        from benchmarks.model_window import peak_rss_gib
+        peak = peak_rss_gib()
+    macs = window_macs(preset_name, frames, size, steps, camera, ckpt)
+    new = max(frames - overlap, 1)
+    return {"frames": frames, "camera": camera, "checkpointing": ckpt, "seconds": sec, "peak_gib": peak,
+            "gpu_s_per_new_frame": sec / new, "new_frames": new, "tflops": 2 * macs / sec / 1e12, "tmac": macs / 1e12}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true", help="tiny preset on the CPU through the same code")
+    ap.add_argument("--dtypes", nargs="*", default=None)
+    ap.add_argument("--frames", type=int, nargs="*", default=None)
+    ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--overlap", type=int, default=None, help="window overlap (default 8; dry run 2)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    dry = args.dry_run
+    if not dry and not torch.cuda.is_available():
+        print("gpu_suite: no CUDA device (use --dry-run to test the suite on the CPU)")
+        return 2
+    preset_name, device = ("tiny", "cpu") if dry else ("sd15", "cuda")
+    dtypes = args.dtypes or (["fp32"] if dry else ["fp16", "bf16"])
+    frames = args.frames or ([4, 8] if dry else [8, 24])
+    size = args.size or (64 if dry else 512)
+    steps = args.steps or (6 if dry else 50)
+    overlap = args.overlap if args.overlap is not None else (2 if dry else 8)
+    from mf_model import load_model
+    print(f"suite: preset={preset_name} device={device} size={size} steps={steps} frames={frames} dtypes={dtypes}")
+    if not dry:
+        print(f"device: {torch.cuda.get_device_name(0)}  torch {torch.__version__}")
+    suite_t0 = time.perf_counter()
+    for dt in dtypes:
+        model = load_model(preset_name=preset_name, dtype=dt, device=device)
+        from benchmarks.model_window import synthetic_window
+        from mf_model import EditOptions
+        model.edit(synthetic_window(min(frames), size, size), EditOptions(steps=2, seed=0))  # warm-up
+        for f in frames:
+            for camera in (False, True):
+                r = run_config(model, preset_name, f, size, steps, camera, overlap)
+                where = "device" if device == "cuda" else "host RSS"
+                print(f"window {dt} frames={f} camera={'on' if camera else 'off'} ckpt={r['checkpointing']}: "
+                      f"{r['seconds']:.2f} s, peak {where} {r['peak_gib']:.2f} GiB, "
+                      f"{r['gpu_s_per_new_frame']:.3f} GPU-s per new frame ({r['new_frames']} new), "
+                      f"{r['tmac']:.3f} TMAC, {r['tflops']:.3f} TFLOP/s achieved", flush=True)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print(f"suite_seconds: {time.perf_counter() - suite_t0:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""No redundant work, outputs unchanged: shared reference features, one batched input-gradient, optional
+checkpointing; the MAC count's step plan; the GPU suite's CPU dry run."""
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mf_model import EditOptions, SequentialNoise, load_model
+from mf_model.guidance import GuidanceMasks, GuidanceWeights, _input_gradients, score_guidance
+from tests.conftest import REPO
+from tests.mf_model.helpers import box_window
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return load_model(preset_name="tiny", seed=3)
+
+
+def _run(model, opts, share=True):
+    s = model.sampler(opts)
+    s.share_rec_features = share
+    x, x_rec = s.run(model.encode(box_window(frames=3)), SequentialNoise(7))
+    return x, x_rec, s
+
+
+def test_reconstruction_features_reused_equal_recomputed(tiny):
+    opts = EditOptions(steps=25, camera=True, seed=7)  # 25 steps: guidance, SDE and ×3 replay steps all occur
+    a, _, sa = _run(tiny, opts, share=True)
+    b, _, sb = _run(tiny, opts, share=False)
+    assert (a - b).abs().max().item() <= 1e-5
+    assert len(sa.timings["guidance"]) == len(sb.timings["guidance"]) > 0
+
+
+def test_captured_features_equal_truncated_forward(tiny):
+    c = tiny.encode(box_window(frames=3))
+    x = torch.randn(c.latent_shape, generator=torch.Generator().manual_seed(0))
+    cap = {1: None, 2: None}
+    with torch.no_grad():
+        tiny.unet(x, 500, c.clip, c.pose_src, c.app_unet, capture_up=cap)
+        ref = tiny.estimator(x, 500, c.clip, c.pose_src, c.app_est, up_ft_indices=[1, 2])
+    for got, want in zip((cap[1], cap[2]), ref):
+        assert torch.equal(got, want)
+    masks = GuidanceMasks.build(c.source_masks, c.target_masks, c.latent_shape[-2:])
+
+    def feats(lat, is_edit):
+        return tiny.estimator(lat, 500, c.clip, c.pose_tgt if is_edit else c.pose_src, c.app_est,
+                              up_ft_indices=[1, 2])
+    y = torch.randn(c.latent_shape, generator=torch.Generator().manual_seed(1))
+    g_new = score_guidance(feats, y, x, masks, GuidanceWeights(), rec_feats=[cap[1], cap[2]])
+    g_old = score_guidance(feats, y, x, masks, GuidanceWeights())
+    assert (g_new - g_old).abs().max().item() <= 1e-5
+
+
+def test_batched_input_gradients_equal_separate_calls():
+    w = torch.randn(5, 5, dtype=torch.float64)
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y = torch.tanh(w @ x)
+    e1, e2 = (y ** 2).sum(), y.sum()
+    r1 = torch.autograd.grad(3.0 * e1, x, retain_graph=True)[0]
+    r2 = torch.autograd.grad(3.0 * e2, x, retain_graph=True)[0]
+    g1, g2 = _input_gradients((e1, e2), x, 3.0)
+    assert torch.allclose(g1, r1) and torch.allclose(g2, r2)
+    z, only = _input_gradients((torch.zeros(()), (x * x).sum()), x, 1.0)
+    assert torch.equal(z, torch.zeros_like(x)) and torch.allclose(only, 2 * x)
+
+
+def test_checkpointing_is_optional_and_off_by_default_on_cpu(tiny):
+    opts = EditOptions(steps=12, seed=7)
+    assert tiny.sampler(opts).use_checkpointing((1, 4, 3, 8, 8)) is False
+    a, _, _ = _run(tiny, opts)
+    b, _, s = _run(tiny, EditOptions(steps=12, seed=7, guidance_checkpointing=True))
+    assert s.use_checkpointing((1, 4, 3, 8, 8)) is True
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_fast_preset_options():
+    from mf_model import FAST_OVERLAP, FAST_STEPS, FAST_WINDOW_FRAMES
+    assert EditOptions.fast().steps == FAST_STEPS == 25 and (FAST_WINDOW_FRAMES, FAST_OVERLAP) == (32, 8)
+    assert EditOptions.fast(camera=True).camera
+
+
+def test_window_flops_plan_and_ordering():
+    from benchmarks.window_flops import PhaseCounter, one_calls, phase_table, plan_counts
+    n = plan_counts(50)
+    assert (n.rec, n.cfg, n.cfg_camera, n.replays, n.replay_steps, n.guidance) == (50, 58, 38, 8, 4, 28)
+    calls = one_calls(PhaseCounter(2, 64))
+    assert calls["full_b2"] == 2 * calls["full_b1"] < calls["full_b2_cam"]
+    assert calls["trunc"] < calls["full_b1"] and calls["bwd_ours"] < calls["bwd_ckpt"] < calls["bwd_before"]
+    tot = {v: sum(phase_table(calls, n, 2, False, v).values()) for v in ("ours", "ours+ckpt", "before")}
+    assert tot["ours"] < tot["ours+ckpt"] < tot["before"]
+
+
+def test_gpu_suite_dry_run():
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--dry-run"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={"PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+                                                       "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("window ")]
+    assert len(lines) == 4 and all("TFLOP/s" in l and "GPU-s per new frame" in l for l in lines)
+    assert time.perf_counter() - t0 < 60
