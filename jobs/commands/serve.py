@@ -7,6 +7,8 @@ import threading
 
 log = logging.getLogger("mf.serve")
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve ad-hoc edits over HTTP (Ray Serve)",
@@ -14,7 +16,9 @@ def register(sub) -> None:
                                    "GET /v1/edits/{id}[/video], DELETE /v1/edits/{id}, /healthz and /metrics. "
                                    "Tokens come from MF_SERVE_TOKENS; other settings default to MF_SERVE_* "
                                    "environment variables.")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the endpoint "
+                        "to the network — put it behind a proxy with TLS and a request body limit)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
@@ -42,6 +46,9 @@ def run(args) -> int:
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="mf", route_prefix="/")
     print(f"serving on http://{args.host}:{args.port} (storage {cfg.root}); Ctrl-C stops", flush=True)
+    if args.host not in LOOPBACK:
+        print(f"note: {args.host} accepts connections from other machines: put TLS and a request body limit in "
+              f"front of it", flush=True)
     try:
         stop.wait()
     except KeyboardInterrupt:

@@ -1,14 +1,19 @@
 """The HTTP ingress of the Serve app: :class:`EditAPI`, whose methods are the routes (the API: :mod:`jobs.serve`).
 
-The API replica keeps the bounded queue (edits queued or running), saves and checks the inputs, writes the edit's
-first state and hands the request to an :class:`~jobs.serve.worker.EditWorker` replica through its deployment
-handle; status, video and delete read the state and files from storage.
+Every request body passes :class:`~jobs.serve.limits.BodyGuard` first, under :meth:`EditAPI.admit`'s limits: a new
+edit's body is read only for a known token, while fewer than ``max_uploads`` bodies (``max_uploads_per_token`` of
+that token) are being received and the queue has room, and only up to ``ServeConfig.max_body_bytes``. Once the body
+is complete the API replica takes a slot of the bounded queue (edits queued or running, at most
+``max_queued_per_token`` per token), saves and checks the inputs, writes the edit's first state and hands the
+request to an :class:`~jobs.serve.worker.EditWorker` replica through its deployment handle; status, video and
+delete read the state and files from storage. A timer sweeps expired files (:mod:`jobs.serve.sweep`).
 """
 import asyncio
 import hmac
 import logging
 import secrets
 import time
+from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -20,18 +25,33 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from jobs.serve.config import ServeConfig
-from jobs.serve.inputs import CHUNK_BYTES, LABELS, check_limits, input_uris, parse_edit
-from jobs.serve.store import ACTIVE_STATES, StateStore, namespace
+from jobs.serve.inputs import CHUNK_BYTES, LABELS, check_cost, check_limits, input_uris, parse_edit, with_inputs
+from jobs.serve.limits import BodyGuard, BodyLimits, read_form
+from jobs.serve.store import EditGone, StateStore, namespace, valid_edit_id
+from jobs.serve.sweep import Sweeper
 from pipelines.batch.metrics import PipelineMetrics
 from pipelines.batch.requests import Request
 from pipelines.media import storage
 
 log = logging.getLogger("mf.serve")
 
-STATUS_FIELDS = ("id", "state", "progress", "error", "frames", "fps", "created_at", "finished_at", "params")
+STATUS_FIELDS = ("id", "state", "progress", "error", "frames", "fps", "created_at", "started_at", "finished_at",
+                 "params")
 RETRY_AFTER_S = "5"
+EDITS_PATH = "/v1/edits"
 
 fastapi_app = FastAPI(title="motionfollower-ray", version="1")
+
+
+def _replica_api() -> Optional["EditAPI"]:
+    try:
+        api = serve.get_replica_context().servable_object
+    except Exception:  # noqa: BLE001 - outside a replica, or while it starts
+        return None
+    return api if hasattr(api, "admit") else None
+
+
+fastapi_app.add_middleware(BodyGuard, admission=_replica_api)  # inner: runs after count_requests below
 
 
 @fastapi_app.middleware("http")
@@ -39,14 +59,17 @@ async def count_requests(request: HttpRequest, call_next):
     """Every request: the ``http`` stage latency and ``mf_serve_http_requests_total{route, code}`` of this replica;
     an unhandled error becomes a logged 500."""
     start = time.perf_counter()
+    api = _replica_api()
+    if api is not None:
+        api.start_sweeping()
     try:
         response = await call_next(request)
     except Exception:  # noqa: BLE001
         log.exception("unhandled error on %s", request.url.path)
         response = JSONResponse({"detail": "internal error"}, status_code=500)
     route = getattr(request.scope.get("route"), "path", "other")
-    api: EditAPI = serve.get_replica_context().servable_object
-    api.observe_http(route, response.status_code, time.perf_counter() - start)
+    if api is not None:
+        api.observe_http(route, response.status_code, time.perf_counter() - start)
     return response
 
 
@@ -54,6 +77,25 @@ def _file_chunks(fs: Any, path: str) -> Iterator[bytes]:
     with fs.open(path, "rb") as fh:
         while chunk := fh.read(CHUNK_BYTES):
             yield chunk
+
+
+def _header(scope: dict, name: bytes) -> Optional[str]:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def new_edit_id() -> str:
+    """144 random bits, URL-safe; never starting with '-' or '_' (a request id starts with a letter or digit, and
+    nothing named after it may read as an option)."""
+    while not (edit_id := secrets.token_urlsafe(18))[0].isalnum():
+        pass
+    return edit_id
+
+
+def _too_many(detail: str) -> HTTPException:
+    return HTTPException(429, detail + "; retry later", headers={"Retry-After": RETRY_AFTER_S})
 
 
 @serve.deployment(name="EditAPI", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
@@ -65,12 +107,15 @@ class EditAPI:
         self.worker = worker
         self.cfg = cfg
         self.store = StateStore(cfg.root)
+        self.sweeper = Sweeper(self.store, cfg.retention_s)
         self.pipeline_metrics = PipelineMetrics()
         self.http_requests = Counter("mf_serve_http_requests", "HTTP requests of the edit API, by route and status "
                                      "code", ["route", "code"], registry=self.pipeline_metrics.registry)
-        self.active: set[str] = set()  # ids of the edits queued or running here (the bounded queue)
+        self.active: dict[str, str] = {}  # edit id → namespace of the edits queued or running here (the queue)
+        self.uploads: Tally[str] = Tally()  # namespace → request bodies of new edits being received
         self.tokens = {namespace(t): t for t in cfg.tokens}
         self._tasks: set[asyncio.Task] = set()
+        self._sweeping: Optional[asyncio.Task] = None
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def observe_http(self, route: str, code: int, seconds: float) -> None:
@@ -88,43 +133,82 @@ class EditAPI:
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
         return ns
 
+    def queue_check(self, ns: str) -> None:
+        """429 when the queue, or this token's share of it, is full."""
+        if len(self.active) >= self.cfg.queue_size:
+            raise _too_many(f"queue full ({self.cfg.queue_size} edits queued or running)")
+        mine = sum(1 for owner in self.active.values() if owner == ns)
+        if mine >= self.cfg.max_queued_per_token:
+            raise _too_many(f"this token has {mine} edits queued or running (max_queued_per_token "
+                            f"{self.cfg.max_queued_per_token})")
+
+    def admit(self, scope: dict) -> BodyLimits:
+        """The body limits of a request (:class:`~jobs.serve.limits.BodyGuard`): a new edit's body only from a
+        known token, while upload and queue slots are free; other requests' bodies stay small."""
+        cfg = self.cfg
+        if scope.get("method") != "POST" or not scope.get("path", "").rstrip("/").endswith(EDITS_PATH):
+            return BodyLimits(cfg.max_field_bytes, cfg.body_idle_s, cfg.body_timeout_s)
+        ns = self.auth(_header(scope, b"authorization"))
+        self.queue_check(ns)  # refused before a byte is read; the slot itself is taken once the body is in
+        if sum(self.uploads.values()) >= cfg.max_uploads:
+            raise _too_many(f"{cfg.max_uploads} uploads in progress")
+        if self.uploads[ns] >= cfg.max_uploads_per_token:
+            raise _too_many(f"this token has {self.uploads[ns]} uploads in progress (max_uploads_per_token "
+                            f"{cfg.max_uploads_per_token})")
+        self.uploads[ns] += 1
+
+        def release() -> None:
+            self.uploads[ns] -= 1
+            if self.uploads[ns] <= 0:
+                del self.uploads[ns]
+
+        return BodyLimits(cfg.max_body_bytes, cfg.body_idle_s, cfg.body_timeout_s, release)
+
     async def owned(self, edit_id: str, authorization: Optional[str]) -> tuple[str, dict]:
-        """The caller's namespace and the edit's state; 404 for an edit of another token or none."""
+        """The caller's namespace and the edit's state; 404 for a malformed id (before storage is touched), an
+        edit of another token, a deleted edit or none."""
         ns = self.auth(authorization)
+        if not valid_edit_id(edit_id):
+            raise HTTPException(404, "no such edit")
         state = await asyncio.to_thread(self.store.read, ns, edit_id)
         if state is None:
             raise HTTPException(404, "no such edit")
         return ns, state
 
-    def take_slot(self, content_length: Optional[str]) -> str:
-        """A new edit id holding a queue slot; 429 when the queue is full, 413 for a body over the upload limit."""
-        if len(self.active) >= self.cfg.queue_size:
-            raise HTTPException(429, f"queue full ({self.cfg.queue_size} edits queued or running); retry later",
-                                headers={"Retry-After": RETRY_AFTER_S})
-        if content_length and int(content_length) > 2 * self.cfg.max_upload_bytes + (1 << 20):
-            raise HTTPException(413, f"request body of {content_length} bytes exceeds the upload limit")
-        edit_id = secrets.token_urlsafe(18)
-        self.active.add(edit_id)  # held from here on (concurrent posts must not all pass the check)
+    def take_slot(self, ns: str) -> str:
+        """A new edit id holding a queue slot; 429 when the queue (or the token's share) is full."""
+        self.queue_check(ns)
+        edit_id = new_edit_id()
+        self.active[edit_id] = ns  # held from here on (concurrent posts must not all pass the check)
         return edit_id
 
-    async def accept(self, request: HttpRequest, ns: str, edit_id: str) -> tuple[Request, list[str]]:
-        """The edit's request, inputs saved or checked; and the inputs that are no readable video (→ failed edit)."""
+    async def accept(self, form: Any, ns: str, edit_id: str) -> tuple[Request, list[str]]:
+        """The edit's request, inputs saved and checked (headers only, nothing decoded); and the inputs that are
+        no usable video or pose track (→ failed edit)."""
         edit_dir = self.store.edit_dir(ns, edit_id)
-        form = await request.form(max_part_size=self.cfg.max_upload_bytes + 1)
+        req = parse_edit(form, edit_id, edit_dir, self.cfg)
         inputs = await input_uris(form, edit_dir, self.cfg)
-        req = parse_edit(form, inputs, edit_id, edit_dir, self.cfg)
-        errors = [f"{label}: {err}" for label in LABELS
-                  if (err := await asyncio.to_thread(check_limits, inputs[label], label, self.cfg))]
+        req = with_inputs(req, inputs)
+        frames: dict[str, int] = {}
+        errors: list[str] = []
+        for label in LABELS:
+            frames[label], err = await asyncio.to_thread(check_limits, inputs[label], label, self.cfg)
+            if err:
+                errors.append(err)
+        if not errors:
+            check_cost(req, frames["source"], self.cfg)
         return req, errors
 
     def enqueue(self, ns: str, edit_id: str, req: Request, errors: list[str]) -> None:
-        """The edit's first state; a worker task unless its inputs already failed it."""
+        """The edit's first state; a worker task unless its inputs already failed it (then its uploads go)."""
         state = {"id": edit_id, "state": "queued", "progress": 0.0, "error": None, "created_at": time.time(),
                  "params": req.params()}
         if errors:
-            self.store.write(ns, edit_id, {**state, "state": "failed", "error": "; ".join(errors)})
+            self.store.write(ns, edit_id, {**state, "state": "failed", "error": "; ".join(errors),
+                                           "finished_at": time.time()})
+            self.store.remove_inputs(ns, edit_id)
             self.pipeline_metrics.request_finished("failed")
-            self.active.discard(edit_id)
+            self.active.pop(edit_id, None)
             return
         self.store.write(ns, edit_id, state)
         task = asyncio.get_running_loop().create_task(self.run_edit(ns, edit_id, req.to_dict()))
@@ -139,10 +223,29 @@ class EditAPI:
                 self.pipeline_metrics.record_result_row(row)
         except Exception as exc:  # noqa: BLE001
             log.exception("edit %s failed in the worker", edit_id)
-            self.store.update(ns, edit_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+            try:
+                await asyncio.to_thread(self.store.update, ns, edit_id, state="failed",
+                                        error=f"the edit worker failed ({type(exc).__name__})")
+            except EditGone:
+                pass
             self.pipeline_metrics.request_finished("failed")
         finally:
-            self.active.discard(edit_id)
+            self.active.pop(edit_id, None)
+
+    def start_sweeping(self) -> None:
+        """Start the expiry timer of this replica (once, on the first request: the event loop runs by then)."""
+        if self._sweeping is None:
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.sweeper.run_once)
+                if removed:
+                    log.info("sweep: removed %d expired edits/tombstones", removed)
+            except Exception:  # noqa: BLE001 - the timer lives on
+                log.exception("sweep failed")
+            await asyncio.sleep(self.cfg.sweep_interval_s)
 
     # -- routes --------------------------------------------------------------------------------------------------
     @fastapi_app.get("/healthz")
@@ -154,26 +257,30 @@ class EditAPI:
         self.pipeline_metrics.set_queue_depth(len(self.active))
         return Response(self.pipeline_metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @fastapi_app.post("/v1/edits", status_code=202)
+    @fastapi_app.post(EDITS_PATH, status_code=202)
     async def create(self, request: HttpRequest, authorization: Optional[str] = Header(None)):
         ns = self.auth(authorization)
-        edit_id = self.take_slot(request.headers.get("content-length"))
+        form = await read_form(request, self.cfg.max_fields, self.cfg.max_field_bytes)
         try:
-            req, errors = await self.accept(request, ns, edit_id)
-        except BaseException:
-            self.active.discard(edit_id)
-            await asyncio.to_thread(self.store.delete, ns, edit_id)
-            raise
-        self.enqueue(ns, edit_id, req, errors)
-        return JSONResponse({"id": edit_id, "status_url": f"/v1/edits/{edit_id}",
-                             "video_url": f"/v1/edits/{edit_id}/video"}, status_code=202)
+            edit_id = self.take_slot(ns)
+            try:
+                req, errors = await self.accept(form, ns, edit_id)
+            except BaseException:
+                self.active.pop(edit_id, None)
+                await asyncio.to_thread(self.store.remove, ns, edit_id)
+                raise
+            self.enqueue(ns, edit_id, req, errors)
+        finally:
+            await form.close()
+        return JSONResponse({"id": edit_id, "status_url": f"{EDITS_PATH}/{edit_id}",
+                             "video_url": f"{EDITS_PATH}/{edit_id}/video"}, status_code=202)
 
-    @fastapi_app.get("/v1/edits/{edit_id}")
+    @fastapi_app.get(EDITS_PATH + "/{edit_id}")
     async def status(self, edit_id: str, authorization: Optional[str] = Header(None)):
         _, state = await self.owned(edit_id, authorization)
         return {k: state.get(k) for k in STATUS_FIELDS}
 
-    @fastapi_app.get("/v1/edits/{edit_id}/video")
+    @fastapi_app.get(EDITS_PATH + "/{edit_id}/video")
     async def video(self, edit_id: str, authorization: Optional[str] = Header(None)):
         _, state = await self.owned(edit_id, authorization)
         if state.get("state") != "succeeded" or not state.get("output"):
@@ -182,11 +289,10 @@ class EditAPI:
         return StreamingResponse(_file_chunks(fs, path), media_type="video/mp4",
                                  headers={"Content-Disposition": f'attachment; filename="{edit_id}.mp4"'})
 
-    @fastapi_app.delete("/v1/edits/{edit_id}", status_code=204)
+    @fastapi_app.delete(EDITS_PATH + "/{edit_id}", status_code=204)
     async def delete(self, edit_id: str, authorization: Optional[str] = Header(None)):
-        ns, state = await self.owned(edit_id, authorization)
-        if state.get("state") in ACTIVE_STATES:
-            self.store.update(ns, edit_id, state="cancelled")
-        self.active.discard(edit_id)
-        await asyncio.to_thread(self.store.delete, ns, edit_id)
+        """Cancel and delete: the edit's tombstone first (every writer stops at it), then its folder."""
+        ns, _ = await self.owned(edit_id, authorization)
+        await asyncio.to_thread(self.store.bury, ns, edit_id)
+        self.active.pop(edit_id, None)
         return Response(status_code=204)

@@ -7,13 +7,16 @@ from ray.serve import Application
 from jobs.serve.api import EditAPI
 from jobs.serve.config import ServeConfig
 from jobs.serve.worker import EditWorker
+from pipelines.media import storage
 
 
 def build_app(cfg: ServeConfig) -> Application:
     """The Serve application: the :class:`EditAPI` ingress over ``cfg.replicas`` :class:`EditWorker` model replicas
-    (``max_ongoing_requests=1``, ``cfg.gpus_per_replica`` GPUs and ``cfg.cpus_per_replica`` CPUs each)."""
+    (``max_ongoing_requests=1``, ``cfg.gpus_per_replica`` GPUs and ``cfg.cpus_per_replica`` CPUs each). A local
+    ``root`` is made absolute here (the replicas do not share the caller's working directory)."""
     if not cfg.tokens:
         raise ValueError("no API token configured: set MF_SERVE_TOKENS (comma-separated bearer tokens)")
+    cfg = cfg.model_copy(update={"root": storage.absolute(cfg.root)})
     worker = EditWorker.options(num_replicas=cfg.replicas, ray_actor_options={
         "num_gpus": cfg.gpus_per_replica, "num_cpus": cfg.cpus_per_replica})
     return EditAPI.bind(worker.bind(cfg), cfg)

@@ -6,12 +6,19 @@ Environment variables (an empty variable counts as unset)::
     MF_SERVE_ROOT              storage root for uploads, states and results (any fsspec URI)
     MF_SERVE_ALLOWED_PREFIXES  storage URI prefixes a request may name, comma-separated
     MF_SERVE_MAX_UPLOAD_MB     upload limit per file, MiB
-    MF_SERVE_MAX_SECONDS       duration limit per input video
+    MF_SERVE_MAX_SECONDS       duration limit per input video or pose track
     MF_SERVE_MAX_SIDE          resolution limit (longer side, px)
+    MF_SERVE_MAX_FRAMES        frame-count limit per input
+    MF_SERVE_MAX_STEPS / MF_SERVE_MAX_SIZE / MF_SERVE_MAX_WINDOW / MF_SERVE_MAX_COST   the cost caps of one edit
     MF_SERVE_QUEUE             edits queued or running at once (per API replica)
+    MF_SERVE_QUEUE_PER_TOKEN   of those, at most this many from one token
+    MF_SERVE_RETENTION_S       seconds the files of an ended edit (and a deleted edit's tombstone) are kept
     MF_SERVE_WEIGHTS / MF_SERVE_PRESET / MF_SERVE_DTYPE   the model
     MF_SERVE_GPUS / MF_SERVE_CPUS / MF_SERVE_REPLICAS     the model replicas
     MF_SERVE_DEFAULTS          request parameter defaults, JSON (e.g. {"steps": 50})
+
+Every other field (body limits and timeouts, upload concurrency, sweep interval) is set through builder args or the
+caller; docs/operations.md lists them all.
 """
 import json
 import os
@@ -22,7 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_VARS = {  # field → environment variable (read as is; the validators below parse lists and JSON)
     "root": "MF_SERVE_ROOT", "allowed_prefixes": "MF_SERVE_ALLOWED_PREFIXES", "max_seconds": "MF_SERVE_MAX_SECONDS",
-    "max_side": "MF_SERVE_MAX_SIDE", "queue_size": "MF_SERVE_QUEUE", "weights": "MF_SERVE_WEIGHTS",
+    "max_side": "MF_SERVE_MAX_SIDE", "max_frames": "MF_SERVE_MAX_FRAMES", "max_steps": "MF_SERVE_MAX_STEPS",
+    "max_size": "MF_SERVE_MAX_SIZE", "max_window": "MF_SERVE_MAX_WINDOW", "max_cost": "MF_SERVE_MAX_COST",
+    "queue_size": "MF_SERVE_QUEUE", "max_queued_per_token": "MF_SERVE_QUEUE_PER_TOKEN",
+    "retention_s": "MF_SERVE_RETENTION_S", "weights": "MF_SERVE_WEIGHTS",
     "preset": "MF_SERVE_PRESET", "dtype": "MF_SERVE_DTYPE", "gpus_per_replica": "MF_SERVE_GPUS",
     "cpus_per_replica": "MF_SERVE_CPUS", "replicas": "MF_SERVE_REPLICAS", "defaults": "MF_SERVE_DEFAULTS",
 }
@@ -46,10 +56,28 @@ class ServeConfig(BaseModel):
     root: str = "mf_out/serve"  # storage root for uploads, states and results (any fsspec URI)
     tokens: tuple[str, ...] = ()
     allowed_prefixes: tuple[str, ...] = ()  # storage URI prefixes a request may name
-    max_upload_bytes: int = 256 * 2**20
-    max_seconds: float = 120.0
-    max_side: int = 1920
-    queue_size: int = 8  # edits queued or running at once (per API replica)
+    # -- inputs --------------------------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(256 * 2**20, gt=0)  # per uploaded file; the body may hold two files + fields
+    max_field_bytes: int = Field(16 * 2**10, gt=0)  # per non-file form field (parameters, URIs)
+    max_fields: int = Field(32, gt=0)  # non-file form fields per request
+    body_idle_s: float = Field(30.0, gt=0)  # a request body that sends nothing for this long gets 408
+    body_timeout_s: float = Field(600.0, gt=0)  # a request body not complete after this long gets 408
+    max_uploads: int = Field(16, gt=0)  # request bodies being received at once (per API replica)
+    max_uploads_per_token: int = Field(4, gt=0)  # of those, from one token
+    max_seconds: float = Field(120.0, gt=0)  # per input video or pose track
+    max_side: int = Field(1920, gt=0)  # longer side of an input video, px
+    max_frames: int = Field(3600, gt=0)  # frames per input video or pose track
+    # -- the cost of one edit --------------------------------------------------------------------------------
+    max_steps: int = Field(100, gt=0)
+    max_size: int = Field(1024, gt=0)  # model resolution (square side, px)
+    max_window: int = Field(32, gt=0)  # frames per window
+    max_cost: float = Field(300_000.0, gt=0)  # steps × edited frames (windows' overlap counted) × (size / 512)²
+    # -- queue and expiry ------------------------------------------------------------------------------------
+    queue_size: int = Field(8, gt=0)  # edits queued or running at once (per API replica)
+    max_queued_per_token: int = Field(4, gt=0)  # of those, from one token
+    retention_s: float = Field(24 * 3600.0, gt=0)  # files of an ended edit and tombstones of deleted ones
+    sweep_interval_s: float = Field(300.0, gt=0)  # how often an API replica sweeps expired files
+    # -- the model -------------------------------------------------------------------------------------------
     weights: Optional[str] = None
     preset: str = "tiny"
     dtype: Optional[str] = None
@@ -67,6 +95,11 @@ class ServeConfig(BaseModel):
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body of a new edit: two files, the form fields and multipart framing."""
+        return 2 * self.max_upload_bytes + self.max_fields * (self.max_field_bytes + 512) + 4096
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "ServeConfig":

@@ -1,9 +1,19 @@
-"""A new edit's inputs: uploads saved to storage, allow-listed storage URIs, request parameters, input limits.
+"""A new edit's inputs: uploads saved to storage, allow-listed storage URIs, request parameters, input limits, the
+cost cap, and the error texts a client sees.
 
 Each check answers with the HTTP error the API returns: 413 (upload too large), 403 (URI outside the allow-list),
-422 (missing input, bad parameter, video over the duration/resolution limits).
+422 (missing input, file type not accepted, bad parameter, input over the duration/resolution/frame limits, edit
+over the cost cap). An input that is not a usable video or pose track (corrupt, a container we do not accept such
+as an HLS playlist, a variable frame rate, a pose track without a positive fps) fails the edit instead, with the
+reason. Nothing here decodes a frame: videos are checked by ffprobe (:func:`pipelines.media.probe_media`), pose
+tracks by their header (:func:`~pipelines.conditioning.poses.keypoints.pose_track_header`).
+
+Error texts never name server paths or the token namespace: they say ``source``/``driving`` and the reason
+(:func:`client_error`, :func:`scrub`).
 """
+import dataclasses
 import os
+import re
 from typing import Any, Optional
 
 from fastapi import HTTPException
@@ -11,19 +21,74 @@ from starlette.datastructures import FormData
 
 from jobs.serve.config import ServeConfig
 from pipelines.batch.requests import Request, parse_row
-from pipelines.conditioning import read_pose_track
-from pipelines.media import InputError, probe_video, storage
+from pipelines.conditioning.poses.keypoints import pose_track_header
+from pipelines.media import InputError, probe_media, storage
+from pipelines.media.video import local_video
+from pipelines.windows.planning import plan_windows
 
 LABELS = ("source", "driving")
 REQUEST_FIELDS = ("steps", "cfg", "seed", "camera", "window", "overlap", "size", "length_policy", "preview")
 CHUNK_BYTES = 1 << 20
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+POSE_EXTS = (".parquet", ".json")
+ACCEPTED_EXTS = {"source": VIDEO_EXTS, "driving": VIDEO_EXTS + POSE_EXTS}
+COST_SIZE = 512  # the cost of an edit counts frames × steps at 512² px
+_PLACEHOLDER = "placeholder.mp4"
+# what must not reach a client: URIs (scheme://...) and absolute paths (not "30000/1001", "MP4/MOV")
+_URI_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
+_PATH_RE = re.compile(r"(?<![\w.:/])/[^\s'\":,;()\[\]]+")
 
 
-def prefix_allowed(uri: str, prefixes: tuple[str, ...]) -> bool:
-    """Only URIs under an explicitly configured prefix; no path tricks (``..``) and no local paths by default."""
+def scrub(text: str, *secrets: str) -> str:
+    """``text`` without server paths, URIs or any of ``secrets`` (namespace hashes, the storage root, ...)."""
+    for s in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(s, "…")
+    return _PATH_RE.sub("<path>", _URI_RE.sub("<uri>", text))
+
+
+def client_error(label: str, exc: BaseException) -> str:
+    """What a client reads for a failed input: its label and the reason, never the server's path to it."""
+    reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+    return f"{label}: {scrub(reason)}"
+
+
+# -- where the inputs come from ------------------------------------------------------------------------------------
+
+def _local_path(uri: str) -> Optional[str]:
+    """The local path of a ``file`` URI (bare path or ``file://``); None for other protocols."""
+    if storage.protocol_of(uri) != "file":
+        return None
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def resolve_allowed(uri: str, prefixes: tuple[str, ...]) -> Optional[str]:
+    """The URI to read when ``uri`` lies under an allowed prefix, else None. Local paths are resolved (symlinks,
+    ``..``) and the real path is checked again against the prefixes' real paths, so a link inside a prefix cannot
+    lead out of it; fsspec URL chaining (``::``) and paths that could read as options are never allowed."""
+    if not uri or "::" in uri or uri.startswith("-") or any(ord(c) < 32 for c in uri):
+        return None
     if ".." in uri.replace("\\", "/").split("/"):
-        return False
-    return any(uri.startswith(p.rstrip("/") + "/") for p in prefixes)
+        return None
+    if not any(uri.startswith(p.rstrip("/") + "/") for p in prefixes):
+        return None
+    local = _local_path(uri)
+    if local is None:
+        return uri
+    real = os.path.realpath(local)
+    for p in prefixes:
+        base = _local_path(p)
+        if base is not None and real.startswith(os.path.realpath(base).rstrip("/") + "/"):
+            return real
+    return None
+
+
+def _extension(label: str, name: str) -> str:
+    """The accepted, lower-case extension of a file name; 422 for any other."""
+    ext = os.path.splitext(name or "")[1].lower()
+    if ext not in ACCEPTED_EXTS[label]:
+        raise HTTPException(422, f"{label}: file type {ext[:12] or '(none)'!r} is not accepted; use "
+                                 f"{', '.join(ACCEPTED_EXTS[label])}")
+    return ext
 
 
 async def save_upload(upload: Any, uri: str, max_bytes: int) -> int:
@@ -36,61 +101,112 @@ async def save_upload(upload: Any, uri: str, max_bytes: int) -> int:
                 break
             size += len(chunk)
             if size > max_bytes:
-                raise HTTPException(413, f"upload {upload.filename!r} exceeds {max_bytes} bytes")
+                raise HTTPException(413, f"upload exceeds the {max_bytes} byte limit per file")
             fh.write(chunk)
     return size
 
 
+def _source_of(form: FormData, label: str, cfg: ServeConfig) -> tuple[str, Any]:
+    """``("upload", file, ext)`` or ``("uri", uri)`` of one input, checked but nothing stored yet."""
+    upload, uri = form.get(label), form.get(f"{label}_uri")
+    if upload is not None and hasattr(upload, "read"):
+        return "upload", (upload, _extension(label, upload.filename or ""))
+    if isinstance(uri, str) and uri:
+        resolved = resolve_allowed(uri, cfg.allowed_prefixes)
+        if resolved is None:
+            raise HTTPException(403, f"{label}_uri is outside the allowed storage prefixes")
+        _extension(label, storage.basename(resolved))
+        return "uri", resolved
+    raise HTTPException(422, f"give a '{label}' file or a '{label}_uri'")
+
+
 async def input_uris(form: FormData, edit_dir: str, cfg: ServeConfig) -> dict[str, str]:
-    """``{"source": uri, "driving": uri}``: each an upload saved under ``<edit_dir>/inputs/`` or an allow-listed
-    ``<label>_uri`` form field."""
+    """``{"source": uri, "driving": uri}``: each an upload saved as ``<edit_dir>/inputs/<label><ext>`` (never the
+    client's file name) or an allow-listed ``<label>_uri`` form field. Both are checked before anything is stored."""
+    sources = {label: _source_of(form, label, cfg) for label in LABELS}
     inputs: dict[str, str] = {}
-    for label in LABELS:
-        upload, uri = form.get(label), form.get(f"{label}_uri")
-        if upload is not None and hasattr(upload, "read"):
-            ext = os.path.splitext(upload.filename or "")[1].lower()[:10] or ".mp4"
-            inputs[label] = storage.join(edit_dir, "inputs", f"{label}{ext}")
-            await save_upload(upload, inputs[label], cfg.max_upload_bytes)
-        elif uri:
-            if not prefix_allowed(str(uri), cfg.allowed_prefixes):
-                raise HTTPException(403, f"{label}_uri {uri!r} is outside the allowed storage prefixes")
-            inputs[label] = str(uri)
-        else:
-            raise HTTPException(422, f"give a '{label}' file or a '{label}_uri'")
+    for label, (kind, value) in sources.items():
+        if kind == "uri":
+            inputs[label] = value
+            continue
+        upload, ext = value
+        inputs[label] = storage.join(edit_dir, "inputs", f"{label}{ext}")
+        await save_upload(upload, inputs[label], cfg.max_upload_bytes)
     return inputs
 
 
-def parse_edit(form: FormData, inputs: dict[str, str], edit_id: str, edit_dir: str, cfg: ServeConfig) -> Request:
-    """The validated request (the configured defaults under the form's parameters); 422 for a bad parameter."""
+# -- parameters and limits -----------------------------------------------------------------------------------------
+
+def parse_edit(form: FormData, edit_id: str, edit_dir: str, cfg: ServeConfig) -> Request:
+    """The validated request (the configured defaults under the form's parameters), inputs still placeholders
+    (:func:`with_inputs`); 422 for a bad parameter or one over the operator's caps."""
     raw = {k: form.get(k) for k in REQUEST_FIELDS if form.get(k) not in (None, "")}
-    raw = {**cfg.defaults, **raw, "source": inputs["source"], "driving": inputs["driving"],
-           "request_id": edit_id, "output": storage.join(edit_dir, "result.mp4")}
+    raw = {**cfg.defaults, **raw, "source": _PLACEHOLDER, "driving": _PLACEHOLDER, "request_id": edit_id,
+           "output": storage.join(edit_dir, "result.mp4")}
     try:
-        return parse_row(raw, row=1, out=edit_dir)
+        req = parse_row(raw, row=1, out=edit_dir)
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise HTTPException(422, scrub(str(exc))) from exc
+    over = [f"{name} {value} exceeds the {cap} cap ({limit})" for name, value, cap, limit in (
+        ("steps", req.steps, "max_steps", cfg.max_steps), ("size", req.size, "max_size", cfg.max_size),
+        ("window", req.window, "max_window", cfg.max_window)) if value > limit]
+    if over:
+        raise HTTPException(422, "; ".join(over))
+    return req
 
 
-def _over_limits(label: str, seconds: float, cfg: ServeConfig) -> None:
+def with_inputs(req: Request, inputs: dict[str, str]) -> Request:
+    return dataclasses.replace(req, source=inputs["source"], driving=inputs["driving"])
+
+
+def edit_cost(req: Request, frames: int) -> float:
+    """Steps × edited frames (a frame in two overlapping windows counts twice) × (size / 512)²."""
+    edited = sum(w.end - w.start for w in plan_windows(max(1, frames), req.window, req.overlap))
+    return req.steps * edited * (req.size / COST_SIZE) ** 2
+
+
+def check_cost(req: Request, source_frames: int, cfg: ServeConfig) -> None:
+    """422 naming the cap when the edit would cost more than ``cfg.max_cost``."""
+    cost = edit_cost(req, source_frames)
+    if cost > cfg.max_cost:
+        raise HTTPException(422, f"edit cost {cost:.0f} (steps × edited frames × (size/{COST_SIZE})²) exceeds the "
+                                 f"max_cost cap ({cfg.max_cost:g}): lower steps, size or window, or edit a "
+                                 f"shorter source")
+
+
+def _over_limits(label: str, frames: int, seconds: float, cfg: ServeConfig) -> None:
     if seconds > cfg.max_seconds:
-        raise HTTPException(422, f"{label}: {seconds:.1f} s exceeds the {cfg.max_seconds:.0f} s limit")
+        raise HTTPException(422, f"{label}: {seconds:.1f} s exceeds the {cfg.max_seconds:g} s limit")
+    if frames > cfg.max_frames:
+        raise HTTPException(422, f"{label}: {frames} frames exceed the {cfg.max_frames} frame limit")
 
 
-def check_limits(uri: str, label: str, cfg: ServeConfig) -> Optional[str]:
-    """None when acceptable; an error text (→ failed edit) when the file is not a readable video (or pose track,
-    for the driving input). Raises 422 for duration/resolution over the limits."""
-    if label == "driving" and uri.lower().endswith((".parquet", ".json")):
-        try:
-            track = read_pose_track(uri)
-        except (InputError, ValueError, OSError) as exc:
-            return str(exc)
-        _over_limits(label, len(track) / track.fps if track.fps else 0.0, cfg)
-        return None
+def _remote_size(uri: str, label: str, cfg: ServeConfig) -> None:
+    """422 for a remote video over the upload limit: it would be downloaded whole to be probed."""
+    if storage.protocol_of(uri) == "file":
+        return
+    fs, path = storage.open_fs(uri)
+    size = fs.size(path)
+    if size is not None and size > cfg.max_upload_bytes:
+        raise HTTPException(422, f"{label}: {size} bytes exceed the {cfg.max_upload_bytes} byte limit per input")
+
+
+def check_limits(uri: str, label: str, cfg: ServeConfig) -> tuple[int, Optional[str]]:
+    """``(frames, None)`` when acceptable; ``(0, error text)`` (→ failed edit) when the file is not a usable video
+    (or pose track, for the driving input). Raises 422 for duration/resolution/frames over the limits. Reads
+    headers only: ffprobe for videos, the Parquet footer / JSON header for pose tracks."""
     try:
-        info = probe_video(uri)
+        if label == "driving" and uri.lower().endswith(POSE_EXTS):
+            frames, fps = pose_track_header(uri)
+            _over_limits(label, frames, frames / fps, cfg)
+            return frames, None
+        _remote_size(uri, label, cfg)
+        info = probe_media(local_video(uri))
     except (InputError, ValueError, OSError) as exc:
-        return str(exc)
-    _over_limits(label, info.frames / info.fps if info.fps else 0.0, cfg)
+        return 0, client_error(label, exc)
     if max(info.width, info.height) > cfg.max_side:
         raise HTTPException(422, f"{label}: {info.width}x{info.height} exceeds the {cfg.max_side} px limit")
-    return None
+    _over_limits(label, info.frames, info.duration or (info.frames / info.fps if info.fps else 0.0), cfg)
+    if info.frames <= 0:
+        return 0, f"{label}: no frame count or duration in the file"
+    return info.frames, None

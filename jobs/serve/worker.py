@@ -1,25 +1,48 @@
 """The model replicas of the Serve app: :class:`EditWorker` holds the model and runs one edit at a time through the
-batch pipeline's own per-request code (:func:`pipelines.batch.single.edit_request`), writing the edit's state."""
+batch pipeline's own per-request code (:func:`pipelines.batch.single.edit_request`), writing the edit's state.
+
+Cancellation stops the work: the pipeline gets a ``cancel`` callable (:class:`CancelCheck`, true once the edit has
+a tombstone) that it checks between sampler steps and before every write. Once the run has stopped, anything a
+write that raced the delete left in the edit's folder is removed, so the replica is free for the next edit within
+about one sampler step of a DELETE and a deleted edit leaves no files.
+"""
 import logging
 import time
-from typing import Any
+from typing import Any, Optional
 
 from ray import serve
 
 from jobs.serve.config import ServeConfig
-from jobs.serve.store import StateStore, is_cancelled
+from jobs.serve.inputs import scrub
+from jobs.serve.store import EditGone, StateStore, is_cancelled
 from pipelines.batch.config import ModelSpec, RunConfig
 from pipelines.batch.identity import model_key
 from pipelines.batch.requests import Request
 from pipelines.batch.single import edit_request
+from pipelines.batch.stages import RequestCancelled
 
 log = logging.getLogger("mf.serve")
 
 PROGRESS_INTERVAL_S = 0.5  # at most one progress write per interval (the last window is always written)
+CANCEL_CHECK_S = 0.2  # the tombstone is looked up at most this often while an edit runs
+CANCELLED = {"state": "cancelled"}
 
 
-class EditCancelled(Exception):
-    """The edit was cancelled or deleted while it ran (raised from the progress callback to stop it)."""
+class CancelCheck:
+    """The pipeline's ``cancel`` callable: True once the edit has a tombstone (looked up at most every
+    :data:`CANCEL_CHECK_S`; once true, always true)."""
+
+    def __init__(self, store: StateStore, ns: str, edit_id: str, interval_s: float = CANCEL_CHECK_S):
+        self.store, self.ns, self.edit_id, self.interval_s = store, ns, edit_id, interval_s
+        self._hit = False
+        self._checked = float("-inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._hit and now - self._checked >= self.interval_s:
+            self._checked = now
+            self._hit = self.store.buried(self.ns, self.edit_id)
+        return self._hit
 
 
 class ProgressWriter:
@@ -38,7 +61,7 @@ class ProgressWriter:
         self._last = now
         cur = self.store.read(self.ns, self.edit_id)
         if is_cancelled(cur):
-            raise EditCancelled(self.edit_id)
+            raise EditGone(self.edit_id)
         self.store.write(self.ns, self.edit_id, {**cur, "progress": round(done / max(total, 1), 3)})
 
 
@@ -56,30 +79,45 @@ class EditWorker:
 
     def run(self, ns: str, edit_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Edit a queued request into its edit folder; returns the result row (``{"state": "cancelled"}`` when
-        the edit was cancelled before or while it ran). A crash fails the edit, not the replica."""
-        if is_cancelled(self.store.read(ns, edit_id)):
-            return {"state": "cancelled"}
+        the edit was deleted before or while it ran). A crash fails the edit, not the replica."""
+        try:
+            return self._run(ns, edit_id, request)
+        except EditGone:
+            return CANCELLED
+        finally:
+            if self.store.buried(ns, edit_id):  # writes that raced the delete: take them back
+                self.store.remove(ns, edit_id)
+
+    def _run(self, ns: str, edit_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        cancel = CancelCheck(self.store, ns, edit_id)
+        if cancel() or is_cancelled(self.store.read(ns, edit_id)):
+            return CANCELLED
         self.store.update(ns, edit_id, state="running", started_at=time.time())
         req = Request(**request)
         run_cfg = RunConfig(manifest="", out=self.store.edit_dir(ns, edit_id), model=self.spec)
         try:
             row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id),
-                               model_key=self.model_key)
-        except EditCancelled:
-            return {"state": "cancelled"}
+                               model_key=self.model_key, cancel=cancel)
+        except RequestCancelled:
+            return CANCELLED
+        except EditGone:
+            raise
         except Exception as exc:  # noqa: BLE001 - the edit fails, the replica lives on
             log.exception("edit %s crashed", edit_id)
             row = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         return self._finish(ns, edit_id, row)
 
     def _finish(self, ns: str, edit_id: str, row: dict[str, Any]) -> dict[str, Any]:
-        """The result row into the edit's state (unless it was cancelled meanwhile)."""
+        """The result row into the edit's state (unless it was deleted meanwhile); a failed edit's uploads go."""
         cur = self.store.read(ns, edit_id)
         if is_cancelled(cur):
-            return {"state": "cancelled"}
+            return CANCELLED
         ok = row.get("status") == "succeeded"
+        error: Optional[str] = None if ok else scrub(str(row.get("error")), ns, self.store.root)
         self.store.write(ns, edit_id, {
             **cur, "state": "succeeded" if ok else "failed", "progress": 1.0 if ok else cur.get("progress", 0.0),
-            "error": None if ok else row.get("error"), "output": row.get("output_uri"),
+            "error": error, "output": row.get("output_uri"),
             "frames": row.get("frames"), "fps": row.get("fps"), "finished_at": time.time()})
+        if not ok:
+            self.store.remove_inputs(ns, edit_id)
         return row

@@ -1,6 +1,8 @@
-"""The Ray Serve edit endpoint over real HTTP on 127.0.0.1 (real Ray, real model, real ffmpeg)."""
+"""The Ray Serve edit endpoint over real HTTP on 127.0.0.1 (real Ray, real model, real ffmpeg), and its parts that
+need no server (the body guard, the caps, error texts, expiry). The attacks: test_serve_security.py."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import statistics
 import threading
@@ -9,8 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from fastapi import HTTPException
+from starlette.datastructures import FormData
 
 from jobs.serve import ServeConfig, app_builder, build_app
+from jobs.serve.inputs import check_cost, parse_edit, scrub
+from jobs.serve.limits import BodyGuard, BodyLimits
+from jobs.serve.store import StateStore
+from jobs.serve.sweep import Sweeper
 from pipelines.media.encode import probe_output
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
 
@@ -164,6 +172,7 @@ def test_corrupt_video_ends_as_failed_edit(server, media):
 def test_load_50_clients_queue_4(server, media):
     codes: list[int] = []
     ids: list[str] = []
+    unexpected: list[str] = []
     health_ms: list[float] = []
     stop = threading.Event()
 
@@ -178,6 +187,8 @@ def test_load_50_clients_queue_4(server, media):
     def client(_):
         r = _post(server, media)
         codes.append(r.status_code)
+        if r.status_code not in (202, 429):
+            unexpected.append(f"{r.status_code} {r.text[:200]}")
         if r.status_code == 202:
             ids.append(r.json()["id"])
 
@@ -188,7 +199,7 @@ def test_load_50_clients_queue_4(server, media):
     time.sleep(1.0)
     stop.set()
     hb.join(timeout=30)
-    assert set(codes) <= {202, 429}, sorted(set(codes))
+    assert set(codes) <= {202, 429}, unexpected
     assert len(codes) == 50 and codes.count(202) >= 1 and codes.count(429) >= 40
     states = [_wait(server, i)["state"] for i in ids]
     assert states == ["succeeded"] * len(ids)
@@ -206,3 +217,100 @@ def test_metrics_exposed(server, media):
         assert name in text, name
     assert 'mf_requests_total{status="succeeded"}' in text
     assert 'code="429"' in text and 'code="202"' in text
+
+
+# -- without a server: the body guard, caps, error scrubbing, expiry --------------------------------------------
+
+class _Policy:
+    def __init__(self, limits=None, refuse=None):
+        self.limits, self.refuse = limits, refuse
+
+    def admit(self, scope):
+        if self.refuse:
+            raise HTTPException(*self.refuse)
+        return self.limits
+
+
+def _guard(policy, messages, headers=()):
+    """Run a :class:`BodyGuard` over ``messages`` (an endless source after them: a stalled body); returns the
+    response status, how many messages it took, and the body the app saw (None when the app was not reached)."""
+    taken, sent, seen = [], [], []
+
+    async def receive():
+        if len(taken) < len(messages):
+            taken.append(messages[len(taken)])
+            return taken[-1]
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        while True:
+            m = await receive()
+            seen.append(m["body"])
+            if not m["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    asyncio.run(BodyGuard(app, lambda: policy)({"type": "http", "headers": list(headers)}, receive, send))
+    return sent[0]["status"], len(taken), (b"".join(seen) if seen else None)
+
+
+def test_body_guard_counts_streamed_bytes_and_stops_at_the_limit():
+    chunk = {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+    limits = BodyLimits(max_bytes=10_000, idle_s=0.2, total_s=5)
+    assert _guard(_Policy(limits), [chunk] * 100) == (413, 11, None)  # not one message past the limit
+    assert _guard(_Policy(limits), [chunk] * 3) == (408, 3, None)  # then stalled
+    assert _guard(_Policy(limits), [], [(b"content-length", b"10001")]) == (413, 0, None)
+    assert _guard(_Policy(refuse=(401, "no")), [chunk] * 100) == (401, 0, None)
+    body = [chunk] * 9 + [{"type": "http.request", "body": b"y" * 500, "more_body": False}]
+    assert _guard(_Policy(limits), body) == (202, 10, b"x" * 9000 + b"y" * 500)  # the app gets it whole
+
+
+
+def test_caps_name_the_cap():
+    cfg = ServeConfig(max_steps=50, max_size=512, max_window=16, max_cost=10_000)
+    form = FormData([("steps", "60"), ("size", "1024"), ("window", "24"), ("overlap", "0")])
+    with pytest.raises(HTTPException) as err:
+        parse_edit(form, "a" * 24, "/srv/x", cfg)
+    assert err.value.status_code == 422
+    assert all(cap in err.value.detail for cap in ("max_steps cap (50)", "max_size cap (512)", "max_window cap (16)"))
+    req = parse_edit(FormData([("steps", "50"), ("size", "512"), ("window", "16"), ("overlap", "0")]),
+                     "a" * 24, "/srv/x", cfg)
+    check_cost(req, 192, cfg)  # 50 steps × 12 windows of 16 frames = 9600
+    with pytest.raises(HTTPException) as err:
+        check_cost(req, 193, cfg)  # 13 windows (the last one end-aligned): 10 400
+    assert err.value.status_code == 422 and "edit cost 10400" in err.value.detail
+    assert "max_cost cap (10000)" in err.value.detail
+
+
+def test_scrub_removes_paths_and_secrets():
+    text = scrub("prepare: InputError: /srv/mf/edits/abc123/x/inputs/source.mp4: broken; s3://b/k.mp4 gone; "
+                 "30000/1001 fps, MP4/MOV", "abc123")
+    assert "/srv" not in text and "s3://" not in text and "abc123" not in text
+    assert "30000/1001" in text and "MP4/MOV" in text
+
+
+def test_sweep_expires_ended_edits_and_tombstones_in_bounded_passes(tmp_path):
+    store = StateStore(str(tmp_path))
+    ns, now = "ab" * 10, time.time()
+    ids = [f"edit{i:02d}" + "x" * 12 for i in range(6)]
+    for i, edit_id in enumerate(ids):
+        store.write(ns, edit_id, {"id": edit_id, "state": ("succeeded", "failed", "cancelled")[i % 3]})
+    gone = "gone" + "y" * 16
+    store.bury(ns, gone)
+    sweeper = Sweeper(store, retention_s=3600, budget=3)
+    assert sweeper.run_once(now) == 0 and sweeper.run_once(now) == 0 and sweeper.run_once(now) == 0
+    assert all(store.read(ns, i) for i in ids) and store.buried(ns, gone)  # nothing has expired yet
+    later = now + 7200
+    assert sweeper.run_once(later) <= 3  # bounded: at most `budget` entries per pass
+    for _ in range(5):
+        sweeper.run_once(later)
+    assert not any(store.read(ns, i) for i in ids) and not list((tmp_path / "edits" / ns).iterdir())
+    assert not store.buried(ns, gone)
+    lost = "lost" + "z" * 16  # running, but its state has not changed for longer than the retention
+    store.write(ns, lost, {"id": lost, "state": "running"})
+    assert sweeper._edit(ns, lost, later) == 1
+    assert store.buried(ns, lost) and not (tmp_path / "edits" / ns / lost).exists()
