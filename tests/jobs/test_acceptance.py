@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import yaml
 from pipelines.batch.requests import write_manifest
 from pipelines.batch.results import read_results
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
+from tests.jobs.net_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EDIT = {**TINY_EDIT, "size": 96}
@@ -132,14 +132,9 @@ def test_dataset_run_twice(user_dir):
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_serve_starts_answers_and_stops(user_dir):
-    port = _free_port()
+    port = free_port()
     log = open(user_dir / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "serve", "--port", str(port), "--root", "served"],
                             cwd=user_dir, env=_env(MF_SERVE_TOKENS="accept-token"), stdout=log,

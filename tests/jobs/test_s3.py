@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from pipelines.media.video import read_frames
 from tests.jobs.media_helpers import write_clip
+from tests.jobs.net_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "mf-s3-test"
@@ -30,16 +30,11 @@ PARAMS = {"steps": 2, "size": 96, "window": 8, "overlap": 4, "seed": 7}  # 2 win
 pytestmark = [pytest.mark.shared, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 (own process, free port) and the AWS variables that point at it."""
-    port = _free_port()  # s3fs and moto[server] are pinned dependencies (requirements.lock): never skipped
+    port = free_port()  # s3fs and moto[server] are pinned dependencies (requirements.lock): never skipped
     log_path = tmp_path_factory.mktemp("moto") / "server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -3,7 +3,6 @@ need no server (the body guard, the caps, error texts, expiry). The attacks: tes
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import threading
 import time
@@ -21,15 +20,11 @@ from jobs.serve.store import StateStore
 from jobs.serve.sweep import Sweeper
 from pipelines.media.encode import probe_output
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
+from tests.jobs.net_helpers import free_port, run_app
 
 TOKEN_A, TOKEN_B = "token-a-" + "x" * 24, "token-b-" + "y" * 24
 PARAMS = {**{k: str(v) for k, v in TINY_EDIT.items()}, "steps": "1"}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +44,8 @@ def server(ray_local, tmp_path_factory, media):
     root = tmp_path_factory.mktemp("serve_root")
     cfg = ServeConfig(root=str(root), tokens=(TOKEN_A, TOKEN_B), allowed_prefixes=(str(media["dir"]),),
                       max_upload_bytes=400_000, max_seconds=30, max_side=1024, queue_size=4, cpus_per_replica=1)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg), name="mf", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if requests.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
+    port = free_port()
+    base = run_app(cfg, port, attempts=100)
     yield base
     serve.shutdown()
 

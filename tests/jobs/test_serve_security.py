@@ -16,10 +16,11 @@ import psutil
 import pytest
 import requests
 
-from jobs.serve import ServeConfig, build_app, namespace
+from jobs.serve import ServeConfig, namespace
 from pipelines.conditioning.poses.keypoints import PoseTrack, write_pose_track
 from tests.jobs.media_helpers import write_clip
-from tests.jobs.test_serve import PARAMS, TOKEN_A, TOKEN_B, _auth, _free_port, _wait
+from tests.jobs.net_helpers import free_port, run_app
+from tests.jobs.test_serve import PARAMS, TOKEN_A, TOKEN_B, _auth, _wait
 
 MB = 2**20
 LIMIT = 2 * MB  # the upload limit of this server
@@ -48,16 +49,8 @@ def env(fixture_cases, tmp_path_factory, ray_local):
     os.symlink(outside / "secret.mp4", allowed / "link.mp4")
     root = d / "root"
     cfg = ServeConfig(root=str(root), tokens=(TOKEN_A, TOKEN_B), allowed_prefixes=(str(allowed),), **CFG)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg), name="mf", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if requests.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
+    port = free_port()
+    base = run_app(cfg, port, attempts=150)
     e = dict(base=base, port=port, dir=d, allowed=allowed, source=src, driving=drv, root=root)
     r = _post(e)  # warm-up: every import of the upload path happens before anything is measured
     assert r.status_code == 202, r.text

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,15 +16,11 @@ from jobs.submit import EXIT_AUTH, EXIT_UNREACHABLE, SubmitRequest, classify
 from pipelines.batch.requests import write_manifest
 from pipelines.batch.results import read_results
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
+from tests.jobs.net_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -39,7 +34,7 @@ def _mf(*args: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
 
 
 def test_unreachable_cluster_is_a_clear_error():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.time()
     r = _mf("submit", "x.parquet", "--out", "/tmp/x", "--address", f"http://127.0.0.1:{port}", "--follow",
             timeout=60)
@@ -113,7 +108,7 @@ def ray_head():
     (``ray stop`` would kill every Ray on this shared machine; terminating our own ``--block`` process stops
     exactly the cluster we started.)
     """
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     tmp = tempfile.mkdtemp(prefix="mfsub", dir="/tmp")
     t0 = time.time()
     proc = subprocess.Popen(
@@ -121,9 +116,9 @@ def ray_head():
          "--dashboard-port", str(dash),
          # every per-node port free too: another Ray on this machine (a test's local cluster) holds the defaults,
          # and a head whose job agent cannot bind its port never accepts a job ("No available agent")
-         "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-         "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
-         "--ray-client-server-port", str(_free_port()), "--num-cpus", "4",
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+         "--ray-client-server-port", str(free_port()), "--num-cpus", "4",
          "--object-store-memory", str(512 * 1024 * 1024),
          "--temp-dir", tmp, "--include-dashboard", "true", "--disable-usage-stats"],
         env=_env(), stdout=open(os.path.join(tmp, "ray-start.log"), "w"), stderr=subprocess.STDOUT,
