@@ -63,13 +63,6 @@ class VideoInfo:
         return self.frames / self.fps if self.fps > 0 else 0.0
 
 
-def _fs(uri: str):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(str(uri))
-    return fs, path
-
-
 def _decord_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [RuntimeError]
     try:
@@ -235,7 +228,7 @@ def local_video(uri: str) -> str:
     """A local path with the content of the video file ``uri``: the file itself when local, else the cached
     download (see the module docstring). The header is checked first, so an empty, missing or non-video object
     fails with :class:`InputError` before anything is downloaded."""
-    fs, path = _fs(uri)
+    fs, path = storage.open_fs(uri)
     head = _sniff(fs, path, uri)
     _classify_header(head, uri)
     if _is_local_fs(fs):
@@ -261,7 +254,7 @@ def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
     Raises :class:`InputError` for anything that is not a decodable video with at least one frame.
     """
     uri = str(uri)
-    fs, path = _fs(uri)
+    fs, path = storage.open_fs(uri)
     if _is_folder(fs, path):
         files = _list_frames(fs, path, uri)
         first = _load_image(fs, files[0], uri)
@@ -301,7 +294,7 @@ def iter_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK, inf
     idx = [int(i) for i in indices]
     if not idx:
         return
-    fs, path = _fs(uri)
+    fs, path = storage.open_fs(uri)
     if info is None and _is_folder(fs, path):
         info = probe_video(uri)
     if info is not None and info.kind == "folder":
