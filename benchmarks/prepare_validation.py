@@ -11,7 +11,8 @@ masks transformed the same way:
   portrait pillarbox (other aspect ratios fitted into 512²);
 * driving-only transforms: driving person smaller and off-centre (scaled about its bottom-centre, then shifted —
   the official aligned pose then moves with the driving bottom-centre), driving person larger (cut by the
-  bottom edge), and a second (smaller) person pasted into the driving background (ground truth unchanged).
+  bottom edge), and a second (smaller) person pasted into the driving background (ground truth unchanged);
+* source-only: a second (smaller) person pasted into the source background (ground truth unchanged).
 
 Columns: source pose px error, source mask IoU, aligned pose px error, predicted mask IoU, and hand F1 (source and
 aligned): the official renders' hand strokes vs ours, as pixel masks with a 4 px tolerance (hand strokes = the
@@ -169,6 +170,7 @@ def variants(d: dict) -> list[tuple[str, Geo | None, Geo | None, str]]:
         ("drv small+off-centre", None, Geo(_affine(0.7, (bx, SIZE - 1), (side, 0))), ""),
         ("drv large (cut)", None, Geo(_affine(1.25, (bx, top))), ""),
         ("drv bystander", None, None, "bystander"),
+        ("src bystander", None, None, "src-bystander"),
     ]
 
 
@@ -199,18 +201,23 @@ def build_variant(d: dict, gs: Geo | None, gd: Geo | None, extra: str) -> dict:
         hands.append(A.image(d["target_aligned_poses_hand"][t].astype(np.uint8), nearest=True) > 0)
         preds.append(A.image(d["predicted_masks"][t], nearest=True))
     v["gt_al_kp"], v["gt_al_hand"], v["gt_pred"] = np.stack(kps), np.stack(hands), np.stack(preds)
-    if extra == "bystander":
-        bx = np.mean([_bottom_centre(m)[0] for m in d["target_masks"]])
-        at = SIZE * 0.12 if bx > SIZE / 2 else SIZE * 0.88
-        drv = []
-        for t in range(len(v["drv"])):
-            # a smaller second person (the source person, from another frame) standing at the side, behind
-            im, pm = _paste_person(v["drv"][t], d["source_images"][-1 - t], d["source_masks"][-1 - t], 0.55, at)
-            keep = d["target_masks"][t] > 127  # the main person stays in front
-            im[keep] = v["drv"][t][keep]
-            drv.append(im)
-        v["drv"] = np.stack(drv)
+    if extra == "bystander":  # a smaller second person (the source person, another frame) at the side, behind
+        v["drv"] = _with_bystander(v["drv"], d["target_masks"], d["source_images"], d["source_masks"])
+    if extra == "src-bystander":  # the same in the source video, with the driving person as the bystander
+        v["src"] = _with_bystander(v["src"], d["source_masks"], d["target_images"], d["target_masks"])
     return v
+
+
+def _with_bystander(frames: np.ndarray, masks, other_images, other_masks) -> np.ndarray:
+    bx = np.mean([_bottom_centre(m)[0] for m in masks])
+    at = SIZE * 0.12 if bx > SIZE / 2 else SIZE * 0.88
+    out = []
+    for t in range(len(frames)):
+        im, _ = _paste_person(frames[t], other_images[-1 - t], other_masks[-1 - t], 0.55, at)
+        keep = masks[t] > 127  # the main person stays in front
+        im[keep] = frames[t][keep]
+        out.append(im)
+    return np.stack(out)
 
 
 def run_variant(v: dict) -> dict:

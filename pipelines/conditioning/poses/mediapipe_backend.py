@@ -1,8 +1,11 @@
 """MediaPipe Holistic (legacy ``mp.solutions``; ships its models, fully offline) mapped to OpenPose-18 + hands.
 
 One graph gives the BlazePose body (33 landmarks), both hands (21 points in OpenPose order) and the person
-segmentation. Only ``model_complexity=1`` works offline. MediaPipe is a single-person model that follows the most
-prominent person from frame to frame (``static_image_mode=False``).
+segmentation. Only ``model_complexity=1`` works offline. MediaPipe is a single-person model that follows whichever
+person its detector scores highest (``static_image_mode=False``); with ``select_subject`` (default) a clip where a few
+frames show more than one person is run through :class:`~pipelines.conditioning.poses.subject.SubjectFilter`: the
+most prominent person is kept and followed, everybody else is painted out of the frames Holistic sees, so the
+landmarks, hands and segmentation are the subject's alone.
 
 Fidelity to the official (DWPose/OpenPose) skeletons, measured on the fixture cases (``benchmarks/prepare_fixtures``):
 
@@ -30,6 +33,7 @@ import logging
 import numpy as np
 
 from pipelines.conditioning.poses.base import PoseExtractor
+from pipelines.conditioning.poses.subject import SubjectFilter
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +161,7 @@ class MediaPipeExtractor(PoseExtractor):
 
     def __init__(self, min_visibility: float = 0.5, segmentation: bool = True, hands: bool = True,
                  min_detection_confidence: float = 0.5, mirror: bool = True, smooth_landmarks: bool = False,
-                 hand_detector: bool = True):
+                 hand_detector: bool = True, select_subject: bool = True):
         self.min_visibility = float(min_visibility)
         self.segmentation = bool(segmentation)
         self.hands = bool(hands)
@@ -165,6 +169,7 @@ class MediaPipeExtractor(PoseExtractor):
         self.mirror = bool(mirror)
         self.smooth_landmarks = bool(smooth_landmarks)
         self.hand_detector = bool(hand_detector)
+        self.select_subject = bool(select_subject)
         self._hands_graph = None
         self._graph = None
         self._mirror_graph = None
@@ -180,11 +185,12 @@ class MediaPipeExtractor(PoseExtractor):
                 min_detection_confidence=self.min_detection_confidence, min_tracking_confidence=0.5)
         return self._graph
 
-    def _get_mirror(self):
+    def _get_static(self):
+        """The stateless body graph of the mirror test and of the subject search."""
         if self._mirror_graph is None:
             import mediapipe as mp
 
-            # stateless: each mirrored frame is found afresh (no tracking state to carry or reset)
+            # stateless: each frame is found afresh (no tracking state to carry or reset)
             self._mirror_graph = mp.solutions.pose.Pose(
                 static_image_mode=True, model_complexity=1, enable_segmentation=False,
                 min_detection_confidence=self.min_detection_confidence)
@@ -213,6 +219,9 @@ class MediaPipeExtractor(PoseExtractor):
         self._graph = self._mirror_graph = self._hands_graph = None
         self._dirty = False
 
+    def _detect_one(self, image: np.ndarray) -> np.ndarray | None:
+        return _landmarks(self._get_static().process(np.ascontiguousarray(image)).pose_landmarks)
+
     def extract(self, frames: np.ndarray):
         frames = np.asarray(frames)
         n, h, w = frames.shape[:3]
@@ -220,15 +229,18 @@ class MediaPipeExtractor(PoseExtractor):
         hands = np.zeros((n, 2, 21, 3), np.float32)
         masks = np.zeros((n, h, w), np.float32) if self.segmentation else None
         g = self._get()
+        subject = SubjectFilter(self._detect_one)
+        if self.select_subject:
+            subject.scan(frames)
         for i in range(n):
-            frame = np.ascontiguousarray(frames[i])
+            frame = np.ascontiguousarray(subject(frames[i]))
             res = g.process(frame)
             self._dirty = True
             lm = _landmarks(res.pose_landmarks)
             if lm is None:
                 continue
             if self.mirror:
-                mres = self._get_mirror().process(np.ascontiguousarray(frame[:, ::-1]))
+                mres = self._get_static().process(np.ascontiguousarray(frame[:, ::-1]))
                 mlm = _landmarks(mres.pose_landmarks)
                 lm = merge_mirrored(lm, None if mlm is None else unmirror_landmarks(mlm), w / h)
             body[i] = blaze_to_openpose(lm, w, h, self.min_visibility)
