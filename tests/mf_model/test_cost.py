@@ -102,3 +102,25 @@ def test_gpu_suite_dry_run():
     lines = [l for l in proc.stdout.splitlines() if l.startswith("window ")]
     assert len(lines) == 4 and all("TFLOP/s" in l and "GPU-s per new frame" in l for l in lines)
     assert time.perf_counter() - t0 < 60
+
+
+def test_every_weight_is_used_and_held_once(tiny):
+    """Resident memory is the weights the edit runs, once: every module that holds parameters runs in an edit
+    (camera off and on), no two parameters share storage by accident, and the VAE encoder is not built."""
+    called, hooks, holders = set(), [], {}
+    for top in ("unet", "pose_guider", "vae", "image_encoder"):
+        for name, mod in getattr(tiny, top).named_modules():
+            if any(True for _ in mod.parameters(recurse=False)):
+                key = f"{top}.{name}"
+                holders[key] = mod
+                hooks.append(mod.register_forward_hook(lambda m, i, o, key=key: called.add(key)))
+    try:
+        for camera in (False, True):
+            tiny.edit(box_window(frames=3), EditOptions(steps=3, camera=camera, seed=1))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sorted(set(holders) - called) == []
+    ptrs = [p.data_ptr() for m in tiny.modules() for p in m.parameters()]
+    assert len(ptrs) == len(set(ptrs))
+    assert tiny.vae.encoder is None and tiny.estimator is tiny.unet

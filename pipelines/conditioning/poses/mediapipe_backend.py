@@ -19,7 +19,9 @@ Fidelity to the official (DWPose/OpenPose) skeletons, measured on the fixture ca
   the mirrored pass lands on somebody else (landmarks far from the tracked person) it is ignored.
 * Hands (measured with ``benchmarks/prepare_validation.py``: source hand-stroke F1 0.54 → 0.68 on the fixtures,
   0.57 → 0.66 on the validation set): candidates are Holistic's two hands plus a stateless ``mp.solutions.hands``
-  pass (``model_complexity=1``, ships offline; confidence gate ``HAND_MIN_SCORE``); :func:`attach_hands` gives each
+  pass (``model_complexity=1``, ships offline; confidence gate ``HAND_MIN_SCORE``) on the frame and on a magnified
+  crop around each wrist (:mod:`~pipelines.conditioning.poses.hands`; gate ``CROP_MIN_SCORE``, lower because the
+  crop already sits on a wrist); :func:`attach_hands` gives each
   visible body wrist the nearest candidate whose root lies within ``HAND_MAX_WRIST_DIST`` forearm lengths, so a
   hand sits on its wrist, left/right follow the body, and no hand is drawn where the body has no wrist.
 * Joint definitions: BlazePose's ear points sit near the ear canal, COCO/OpenPose ears on the outer ear — each ear
@@ -33,6 +35,14 @@ import logging
 import numpy as np
 
 from pipelines.conditioning.poses.base import PoseExtractor
+from pipelines.conditioning.poses.hands import (
+    CROP_MIN_SCORE,
+    HAND_MIN_SCORE,
+    Crop,
+    attach_hands,
+    hand_points,
+    wrist_crops,
+)
 from pipelines.conditioning.poses.subject import SubjectFilter
 
 log = logging.getLogger(__name__)
@@ -57,13 +67,6 @@ for _a, _b in MIRROR_PAIRS:
 MIRROR_MAX_DISAGREEMENT = 0.35
 BORDER_MARGIN = 0.12
 BORDER_MIN_VISIBILITY = 0.05
-# A hand belongs to a body wrist only when its root (hand landmark 0) lies within this fraction of the forearm
-# (elbow→wrist) length of that wrist (else of HAND_MIN_REACH px); a hand nearer the other wrist is swapped over;
-# no hand is kept for a wrist that is not visible (no hands where the body has none, e.g. above the head).
-HAND_MAX_WRIST_DIST = 0.6
-HAND_MIN_REACH = 12.0
-HAND_MIN_SCORE = 0.5  # the stand-alone hand detector's confidence gate (handedness score)
-
 
 def blaze_to_openpose(lm: np.ndarray, width: int, height: int, min_visibility: float = 0.5) -> np.ndarray:
     """(33, 4) normalised [x, y, z, visibility] → (18, 3) [x_px, y_px, score]; off-frame points get score 0."""
@@ -113,43 +116,10 @@ def merge_mirrored(lm: np.ndarray, mirrored: np.ndarray | None, aspect: float = 
     return out
 
 
-def attach_hands(body: np.ndarray, candidates: list[np.ndarray], min_visibility: float = 0.5) -> np.ndarray:
-    """Assign hand candidates (each (21, 3) px + score) to the body's wrists (OpenPose 7 = left, 4 = right).
-
-    Returns (2, 21, 3) [left, right]. A candidate goes to the wrist its root is nearest to, only within
-    ``HAND_MAX_WRIST_DIST`` × forearm length (at least ``HAND_MIN_REACH`` px); each wrist takes the nearest
-    candidate; a wrist with a score below ``min_visibility`` gets no hand."""
-    out = np.zeros((2, 21, 3), np.float32)
-    pairs = []
-    for k, (wrist, elbow) in enumerate(((7, 6), (4, 3))):
-        if body[wrist, 2] < min_visibility:
-            continue
-        fore = float(np.hypot(*(body[wrist, :2] - body[elbow, :2]))) if body[elbow, 2] >= min_visibility else 0.0
-        reach = max(HAND_MAX_WRIST_DIST * fore, HAND_MIN_REACH)
-        for c, cand in enumerate(candidates):
-            d = float(np.hypot(*(cand[0, :2] - body[wrist, :2])))
-            if d <= reach:
-                pairs.append((d, k, c))
-    used_k, used_c = set(), set()
-    for _d, k, c in sorted(pairs):
-        if k in used_k or c in used_c:
-            continue
-        out[k] = candidates[c]
-        used_k.add(k)
-        used_c.add(c)
-    return out
-
-
 def _landmarks(result_landmarks) -> np.ndarray | None:
     if result_landmarks is None:
         return None
     return np.array([(p.x, p.y, p.z, p.visibility) for p in result_landmarks.landmark], np.float32)
-
-
-def _hand_points(hl, w: int, h: int) -> np.ndarray:
-    pts = np.array([(p.x * w, p.y * h) for p in hl.landmark], np.float32)
-    inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
-    return np.concatenate([pts, inside[:, None].astype(np.float32)], 1)
 
 
 class MediaPipeExtractor(PoseExtractor):
@@ -196,15 +166,16 @@ class MediaPipeExtractor(PoseExtractor):
                 min_detection_confidence=self.min_detection_confidence)
         return self._mirror_graph
 
-    def _get_hands(self):
+    def _get_hands(self, crop: bool = False):
+        """The stateless hand graphs: one for whole frames, one with a lower gate for wrist crops."""
         if self._hands_graph is None:
             import mediapipe as mp
 
             # stateless, model_complexity=1 (ships with the package; 0 may try to download)
-            self._hands_graph = mp.solutions.hands.Hands(
-                static_image_mode=True, max_num_hands=4, model_complexity=1,
-                min_detection_confidence=HAND_MIN_SCORE)
-        return self._hands_graph
+            self._hands_graph = tuple(mp.solutions.hands.Hands(
+                static_image_mode=True, max_num_hands=4, model_complexity=1, min_detection_confidence=score)
+                for score in (HAND_MIN_SCORE, CROP_MIN_SCORE))
+        return self._hands_graph[1 if crop else 0]
 
     def reset(self) -> None:
         """Forget the tracking state (the next frame is searched afresh); the graphs themselves are kept."""
@@ -213,11 +184,25 @@ class MediaPipeExtractor(PoseExtractor):
         self._dirty = False
 
     def close(self) -> None:
-        for g in (self._graph, self._mirror_graph, self._hands_graph):
+        for g in (self._graph, self._mirror_graph, *(self._hands_graph or ())):
             if g is not None:
                 g.close()
         self._graph = self._mirror_graph = self._hands_graph = None
         self._dirty = False
+
+    def _detect_hands(self, frame: np.ndarray, crop: Crop | None = None) -> list[np.ndarray]:
+        """Hands found by the stand-alone detector in ``frame`` (or in ``crop``'s magnified view of it), as (21, 3)
+        frame pixels + inside flag; only hands at or above ``HAND_MIN_SCORE``."""
+        image = frame if crop is None else crop.image(frame)
+        res = self._get_hands(crop is not None).process(np.ascontiguousarray(image))
+        h, w = image.shape[:2]
+        gate = HAND_MIN_SCORE if crop is None else CROP_MIN_SCORE
+        out = []
+        for hl, hd in zip(res.multi_hand_landmarks or (), res.multi_handedness or ()):
+            if hd.classification[0].score >= gate:
+                pts = hand_points(hl, w, h)
+                out.append(pts if crop is None else crop.to_frame(pts, *frame.shape[1::-1]))
+        return out
 
     def _detect_one(self, image: np.ndarray) -> np.ndarray | None:
         return _landmarks(self._get_static().process(np.ascontiguousarray(image)).pose_landmarks)
@@ -248,12 +233,11 @@ class MediaPipeExtractor(PoseExtractor):
                 cands = []
                 for hl in (res.left_hand_landmarks, res.right_hand_landmarks):
                     if hl is not None:
-                        cands.append(_hand_points(hl, w, h))
+                        cands.append(hand_points(hl, w, h))
                 if self.hand_detector:
-                    hres = self._get_hands().process(frame)
-                    for hl, hd in zip(hres.multi_hand_landmarks or (), hres.multi_handedness or ()):
-                        if hd.classification[0].score >= HAND_MIN_SCORE:
-                            cands.append(_hand_points(hl, w, h))
+                    cands += self._detect_hands(frame)
+                    for crop in wrist_crops(body[i], w, h, self.min_visibility):
+                        cands += self._detect_hands(frame, crop)
                 hands[i] = attach_hands(body[i], cands, self.min_visibility)
             if masks is not None and res.segmentation_mask is not None:
                 masks[i] = res.segmentation_mask
