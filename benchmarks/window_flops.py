@@ -6,12 +6,15 @@
 One call of every phase is counted on the meta device (``benchmarks._flops``), then multiplied by how often the
 step plan (``mf_model.schedule.StepPlan``) runs it. Columns: ``ours`` (this code, guidance without activation
 checkpointing: the CPU default), ``ours+ckpt`` (with it, what CUDA picks when memory is short), ``before`` (the
-previous code: reference features recomputed, checkpointing on, two separate input-gradient calls) and
-``official`` (the release as spec §9.1 describes it). Spec §9.1 estimates ≈3.7×10¹⁵ MAC per official window.
+previous code: reference features recomputed, checkpointing on, two separate input-gradient calls, full
+one-token cross-attention) and ``official`` (the release as spec §9.1 describes it). ``ours`` computes the one-token
+cross-attention as ``to_out(to_v(token))`` (exact: one key's softmax weight is 1); ``before`` and ``official`` are
+counted with the full attention (``full_cross_attention``). Spec §9.1 estimates ≈3.7×10¹⁵ MAC per official window.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -128,6 +131,34 @@ class PhaseCounter:
             return count_macs(lambda: pg(img)), count_macs(lambda: rc(img))
 
 
+@contextlib.contextmanager
+def full_cross_attention():
+    """Count one-token cross-attention as the official code computes it: to_q, to_k, scores, softmax, to_out per
+    position (our Attention takes a shortcut that gives the same result)."""
+    import torch.nn.functional as F
+
+    from mf_model.layers import Attention
+
+    plain = Attention.forward
+
+    def forward(self, x, context=None, spatial=None):
+        if context is None or context.shape[1] != 1:
+            return plain(self, x, context, spatial)
+        b, n, _ = x.shape
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        inner = q.shape[-1]
+        d = inner // self.heads
+        q, k, v = (t.view(b, t.shape[1], self.heads, d).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, inner)
+        return self.to_out[1](self.to_out[0](out))
+
+    Attention.forward = forward
+    try:
+        yield
+    finally:
+        Attention.forward = plain
+
+
 def one_calls(pc: PhaseCounter) -> dict:
     pocrt, rectr = pc.controllers()
     return {"full_b1": pc.unet_call(1), "full_b2": pc.unet_call(2), "full_b2_cam": pc.unet_call(2, camera=True),
@@ -160,15 +191,19 @@ def phase_table(c: dict, n: PlanCounts, frames: int, camera: bool, variant: str)
 def report(frames: int, size: int, steps: int, overlaps: dict) -> dict:
     pc = PhaseCounter(frames, size)
     c = one_calls(pc)
+    with full_cross_attention():
+        cf = one_calls(pc)
     n = plan_counts(steps)
     print(f"\n== sd15 {size}x{size}, {frames} frames, {steps} steps, cfg on ==")
     print(f"plan: {n}")
     print("one call (GMAC): " + ", ".join(f"{k}={v / 1e9:.1f}" for k, v in c.items()))
-    print(f"per frame per UNet forward: {c['full_b1'] / frames / 1e9:.1f} GMAC (spec §9.1: ≈567); truncated "
-          f"{c['trunc'] / frames / 1e9:.1f} (spec ≈436); ReCtr {c['rectr'] / frames / 1e9:.1f} (spec ≈30)")
+    print("one call, full cross-attention (GMAC): " + ", ".join(f"{k}={v / 1e9:.1f}" for k, v in cf.items()))
+    print(f"per frame per UNet forward: {cf['full_b1'] / frames / 1e9:.1f} GMAC with full cross-attention (spec "
+          f"§9.1: ≈567), {c['full_b1'] / frames / 1e9:.1f} ours; truncated {cf['trunc'] / frames / 1e9:.1f} (spec "
+          f"≈436), {c['trunc'] / frames / 1e9:.1f} ours; ReCtr {c['rectr'] / frames / 1e9:.1f} (spec ≈30)")
     totals = {}
     for camera in (False, True):
-        tables = {v: phase_table(c, n, frames, camera, v) for v in VARIANTS}
+        tables = {v: phase_table(c if v.startswith("ours") else cf, n, frames, camera, v) for v in VARIANTS}
         print(f"\n-- camera {'on' if camera else 'off'} (PMAC = 1e15 MAC) --")
         print(f"{'phase':<20}" + "".join(f"{v:>12}" for v in VARIANTS))
         for phase in tables["ours"]:
@@ -180,9 +215,9 @@ def report(frames: int, size: int, steps: int, overlaps: dict) -> dict:
             f"{tot[v] / new / 1e12:>11.1f}T" for v in VARIANTS))
         totals[camera] = tot
     g = {k: (c["trunc"] + c[k]) / 1e9 for k in ("bwd_ours", "bwd_ckpt")}
-    before = (2 * c["trunc"] + c["bwd_before"]) / 1e9
+    before = (2 * cf["trunc"] + cf["bwd_before"]) / 1e9
     print(f"\nguidance call (GMAC): without checkpointing {g['bwd_ours']:.0f}, with {g['bwd_ckpt']:.0f}, "
-          f"before {before:.0f}, official {(2 * c['trunc'] + c['bwd_ours']) / 1e9:.0f}")
+          f"before {before:.0f}, official {(2 * cf['trunc'] + cf['bwd_ours']) / 1e9:.0f}")
     return {"calls": c, "plan": n, "totals": totals}
 
 

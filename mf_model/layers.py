@@ -110,6 +110,22 @@ class FeedForward(nn.Module):
         return x
 
 
+# Parameters of a one-token cross-attention that no forward uses (see Attention.forward): dropped after loading.
+UNRUN_SUFFIXES = ("attn2.to_q.weight", "attn2.to_k.weight")
+
+
+def drop_unrun_projections(module: nn.Module) -> int:
+    """Remove ``to_q`` and ``to_k`` of every cross-attention in ``module`` (its context is the one CLIP image token,
+    so only ``to_v`` and ``to_out`` ever run). Returns the number of parameters dropped."""
+    dropped = 0
+    for m in module.modules():
+        if isinstance(m, Attention) and m.is_cross and m.to_q is not None:
+            dropped += sum(p.numel() for p in (*m.to_q.parameters(), *m.to_k.parameters()))
+            m.to_q = None
+            m.to_k = None
+    return dropped
+
+
 class Attention(nn.Module):
     """Multi-head attention with the official parameter names (``to_q``, ``to_k``, ``to_v``, ``to_out.0``).
 
@@ -130,6 +146,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
                 spatial: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        if context is not None and context.shape[1] == 1:
+            # One key (the CLIP image token): its softmax weight is exactly 1, so every query receives the same
+            # value. Neither to_q, to_k nor the scores are needed, and to_out runs once per batch item, not per
+            # position (see drop_unrun_projections).
+            out = self.to_out[1](self.to_out[0](self.to_v(context)))
+            return out.expand(-1, x.shape[1], -1)
+        if self.to_q is None:
+            raise ValueError("this cross-attention keeps only to_v (one-token context); got a context of "
+                             f"{context.shape[1] if context is not None else 'self'} tokens")
         q = self.to_q(x)
         ctx = x if context is None else context
         k = self.to_k(ctx)

@@ -147,8 +147,9 @@ class CoverageReport:
 
 
 def merge_into(module: torch.nn.Module, name: str, sources: list[tuple[str, dict]],
-               ignore_prefixes: tuple[str, ...] = ()) -> ModuleCoverage:
-    """Fill ``module``'s state from ``sources`` (highest priority first), casting to the module's dtype."""
+               ignore_prefixes: tuple[str, ...] = (), ignore_suffixes: tuple[str, ...] = ()) -> ModuleCoverage:
+    """Fill ``module``'s state from ``sources`` (highest priority first), casting to the module's dtype; keys the
+    module does not have are reported as unexpected unless they match ``ignore_prefixes`` / ``ignore_suffixes``."""
     target = module.state_dict()
     cov = ModuleCoverage(module=name, expected=len(target))
     merged = {}
@@ -157,7 +158,7 @@ def merge_into(module: torch.nn.Module, name: str, sources: list[tuple[str, dict
         unexpected = []
         for key, value in sd.items():
             if key not in target:
-                if not key.startswith(ignore_prefixes):
+                if not key.startswith(ignore_prefixes) and not key.endswith(ignore_suffixes):
                     unexpected.append(key)
                 continue
             if key in merged:

@@ -16,6 +16,7 @@ from mf_model import loading
 from mf_model.config import ModelConfig, PoseGuiderConfig, UNetConfig, preset
 from mf_model.controllers import PoseGuider
 from mf_model.guidance import GuidanceWeights
+from mf_model.layers import UNRUN_SUFFIXES, drop_unrun_projections
 from mf_model.noise import FrameIndexedNoise, NoiseProvider
 from mf_model.sampler import Conditions, Tap, TwoBranchSampler
 from mf_model.schedule import Schedule
@@ -94,6 +95,9 @@ class MotionFollower:
         for m in self.modules():
             m.requires_grad_(False)
             m.eval()
+        # loaded (the official files have them) but never run: not kept resident
+        for m in {id(u): u for u in (self.unet, self.estimator)}.values():
+            drop_unrun_projections(m)
         # activation checkpointing of the estimator in guidance is decided per run (EditOptions.guidance_checkpointing)
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -269,9 +273,13 @@ class MotionFollower:
         parts = [("denoising_unet", unet), ("pose_guider", pg), ("vae", vae), ("image_encoder", clip)]
         if est is not None:
             parts.append(("estimator", est))
+        for u in (unet, est):
+            if u is not None:
+                drop_unrun_projections(u)  # saved without them; files that have them are accepted
         for name, module in parts:
             sd = loading.load_state_dict(loading.join_uri(uri, f"{name}.safetensors"))
-            report.modules.append(loading.merge_into(module, name, [(f"{name}.safetensors", sd)]))
+            report.modules.append(loading.merge_into(module, name, [(f"{name}.safetensors", sd)],
+                                                     ignore_suffixes=UNRUN_SUFFIXES))
         report.raise_if_incomplete()
         model = cls(config, unet, pg, vae, clip, est, weights_id=meta.get("weights_id", "mf"), coverage=report)
         return model.to(device=torch.device(device), dtype=parse_dtype(dtype))

@@ -124,3 +124,41 @@ def test_every_weight_is_used_and_held_once(tiny):
     ptrs = [p.data_ptr() for m in tiny.modules() for p in m.parameters()]
     assert len(ptrs) == len(set(ptrs))
     assert tiny.vae.encoder is None and tiny.estimator is tiny.unet
+
+
+def test_one_token_cross_attention_needs_only_to_v_and_to_out():
+    """With one key the softmax weight is exactly 1: the shortcut equals full attention, and to_q/to_k can go."""
+    from mf_model.layers import Attention, drop_unrun_projections
+
+    torch.manual_seed(0)
+    attn = Attention(32, heads=4, dim_head=8, cross_attention_dim=16).eval()
+    x, ctx = torch.randn(2, 50, 32), torch.randn(2, 1, 16)
+    q = attn.to_q(x).view(2, 50, 4, 8).transpose(1, 2)
+    k = attn.to_k(ctx).view(2, 1, 4, 8).transpose(1, 2)
+    v = attn.to_v(ctx).view(2, 1, 4, 8).transpose(1, 2)
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 50, 32)
+    full = attn.to_out[0](full)
+    assert drop_unrun_projections(attn) == 32 * 32 + 32 * 16  # to_q (32x32) and to_k (32x16)
+    assert attn.to_q is None and "to_q.weight" not in attn.state_dict()
+    torch.testing.assert_close(attn(x, context=ctx), full, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="one-token"):
+        attn(x, context=torch.randn(2, 3, 16))
+
+
+def test_files_that_still_hold_the_dropped_projections_load(tiny, tmp_path):
+    """Our format saved before the projections were dropped (or by hand) loads without complaint."""
+    from safetensors.torch import load_file, save_file
+
+    from mf_model.layers import Attention
+
+    tiny.save(str(tmp_path))
+    path = tmp_path / "denoising_unet.safetensors"
+    sd = load_file(str(path))
+    cross = [n for n, m in tiny.unet.named_modules() if isinstance(m, Attention) and m.is_cross]
+    assert cross and not any(k.endswith("attn2.to_q.weight") for k in sd)
+    for n in cross:
+        sd[f"{n}.to_q.weight"] = torch.zeros(1)
+        sd[f"{n}.to_k.weight"] = torch.zeros(1)
+    save_file(sd, str(path))
+    again = load_model(str(tmp_path))
+    assert again.coverage.ok and not any(again.coverage.modules[0].unexpected.values())
