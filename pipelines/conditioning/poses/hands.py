@@ -51,8 +51,7 @@ class Crop:
         """(21, 3) crop pixels + inside flag → frame pixels + inside-the-frame flag."""
         out = np.array(pts, np.float32, copy=True)
         out[:, :2] = out[:, :2] * (self.side / size) + (self.x0, self.y0)
-        inside = (out[:, 0] >= 0) & (out[:, 0] < width) & (out[:, 1] >= 0) & (out[:, 1] < height)
-        out[:, 2] *= inside
+        out[:, 2] *= _inside(out, width, height)
         return out
 
 
@@ -72,10 +71,14 @@ def wrist_crops(body: np.ndarray, width: int, height: int, min_visibility: float
     return crops
 
 
+def _inside(pts: np.ndarray, w: int, h: int) -> np.ndarray:
+    return (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+
+
 def hand_points(hl, w: int, h: int) -> np.ndarray:
+    """MediaPipe hand landmarks (normalised to a w×h image) → (21, 3) pixels + inside-the-image flag."""
     pts = np.array([(p.x * w, p.y * h) for p in hl.landmark], np.float32)
-    inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
-    return np.concatenate([pts, inside[:, None].astype(np.float32)], 1)
+    return np.concatenate([pts, _inside(pts, w, h)[:, None].astype(np.float32)], 1)
 
 
 def attach_hands(body: np.ndarray, candidates: list[np.ndarray], min_visibility: float = 0.5) -> np.ndarray:

@@ -17,13 +17,14 @@ Fidelity to the official (DWPose/OpenPose) skeletons, measured on the fixture ca
   landmarks, mirrored back with left/right exchanged, are averaged with the tracked ones (the usual flip test of
   pose estimators; the two passes have independent crops and errors). Visibility comes from the tracked pass. When
   the mirrored pass lands on somebody else (landmarks far from the tracked person) it is ignored.
-* Hands (measured with ``benchmarks/prepare_validation.py``: source hand-stroke F1 0.54 → 0.68 on the fixtures,
-  0.57 → 0.66 on the validation set): candidates are Holistic's two hands plus a stateless ``mp.solutions.hands``
-  pass (``model_complexity=1``, ships offline; confidence gate ``HAND_MIN_SCORE``) on the frame and on a magnified
-  crop around each wrist (:mod:`~pipelines.conditioning.poses.hands`; gate ``CROP_MIN_SCORE``, lower because the
-  crop already sits on a wrist); :func:`attach_hands` gives each
-  visible body wrist the nearest candidate whose root lies within ``HAND_MAX_WRIST_DIST`` forearm lengths, so a
-  hand sits on its wrist, left/right follow the body, and no hand is drawn where the body has no wrist.
+* Hands (measured with ``benchmarks/prepare_validation.py``: source hand-stroke F1 0.54 → 0.68 → 0.75 on the
+  fixtures, 0.57 → 0.66 → 0.72 on the validation set, the last step from the wrist crops): candidates are
+  Holistic's two hands plus a stateless ``mp.solutions.hands`` pass (``model_complexity=1``, ships offline;
+  confidence gate ``HAND_MIN_SCORE``) on the frame and on a magnified crop around each wrist
+  (:mod:`~pipelines.conditioning.poses.hands`; gate ``CROP_MIN_SCORE``, lower because the crop already sits on a
+  wrist); :func:`attach_hands` gives each visible body wrist the nearest candidate whose root lies within
+  ``HAND_MAX_WRIST_DIST`` forearm lengths, so a hand sits on its wrist, left/right follow the body, and no hand is
+  drawn where the body has no wrist.
 * Joint definitions: BlazePose's ear points sit near the ear canal, COCO/OpenPose ears on the outer ear — each ear
   is moved outward along its eye→ear direction (``EAR_EXTENSION``); BlazePose hip centres sit lower than
   COCO/OpenPose hips (``HIP_SHIFT``).
@@ -142,7 +143,7 @@ class MediaPipeExtractor(PoseExtractor):
         self.select_subject = bool(select_subject)
         self._hands_graph = None
         self._graph = None
-        self._mirror_graph = None
+        self._static_graph = None
         self._dirty = False
 
     def _get(self):
@@ -157,14 +158,14 @@ class MediaPipeExtractor(PoseExtractor):
 
     def _get_static(self):
         """The stateless body graph of the mirror test and of the subject search."""
-        if self._mirror_graph is None:
+        if self._static_graph is None:
             import mediapipe as mp
 
             # stateless: each frame is found afresh (no tracking state to carry or reset)
-            self._mirror_graph = mp.solutions.pose.Pose(
+            self._static_graph = mp.solutions.pose.Pose(
                 static_image_mode=True, model_complexity=1, enable_segmentation=False,
                 min_detection_confidence=self.min_detection_confidence)
-        return self._mirror_graph
+        return self._static_graph
 
     def _get_hands(self, crop: bool = False):
         """The stateless hand graphs: one for whole frames, one with a lower gate for wrist crops."""
@@ -184,10 +185,10 @@ class MediaPipeExtractor(PoseExtractor):
         self._dirty = False
 
     def close(self) -> None:
-        for g in (self._graph, self._mirror_graph, *(self._hands_graph or ())):
+        for g in (self._graph, self._static_graph, *(self._hands_graph or ())):
             if g is not None:
                 g.close()
-        self._graph = self._mirror_graph = self._hands_graph = None
+        self._graph = self._static_graph = self._hands_graph = None
         self._dirty = False
 
     def _detect_hands(self, frame: np.ndarray, crop: Crop | None = None) -> list[np.ndarray]:
