@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,14 +22,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 THIS_TREE = os.path.dirname(HERE)
 PHASES = ("reconstruction_forward", "edit_forward", "guidance")
-
-
-def _rss_gib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def inner(args) -> int:
@@ -45,18 +36,18 @@ def inner(args) -> int:
     # model_window puts this tree on sys.path when imported: mf_model must already come from args.tree
     assert os.path.realpath(mf_model.__file__).startswith(os.path.realpath(args.tree) + os.sep), mf_model.__file__
     sys.path.insert(1, HERE)
-    from model_window import synthetic_window
+    from model_window import peak_rss_gib, rss_gib, synthetic_window
 
     t0 = time.perf_counter()
     model = load_model(preset_name=args.preset, dtype="fp32", device="cpu")
     build_s = time.perf_counter() - t0
-    resident = _rss_gib()
+    resident = rss_gib()
     opts = {"steps": 1, "cfg": 3.5, "seed": 0, "camera": False}
     if args.checkpointing is not None:
         opts["guidance_checkpointing"] = args.checkpointing == "on"
     res = model.edit(synthetic_window(args.frames, args.size, args.size), EditOptions(**opts))
     row = {"build_s": build_s, "resident_gib": resident,
-           "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+           "peak_gib": peak_rss_gib()}
     for phase in PHASES:
         row[phase] = float(res.info["timings"][phase][0])
     row["code"] = os.path.dirname(os.path.dirname(os.path.realpath(mf_model.__file__)))

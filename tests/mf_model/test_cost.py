@@ -1,5 +1,6 @@
 """No redundant work, outputs unchanged: shared reference features, one batched input-gradient, optional
 checkpointing; the MAC count's step plan; the GPU suite's CPU dry run."""
+import os
 import subprocess
 import sys
 import time
@@ -102,6 +103,22 @@ def test_gpu_suite_dry_run():
     lines = [l for l in proc.stdout.splitlines() if l.startswith("window ")]
     assert len(lines) == 4 and all("TFLOP/s" in l and "GPU-s per new frame" in l for l in lines)
     assert time.perf_counter() - t0 < 60
+
+
+def test_model_calls_ab_times_each_arm_from_its_own_checkout(tmp_path):
+    """The A/B script runs every arm in a fresh process from the checkout it names (a copy of this repo's model
+    code stands in for the other checkout)."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(REPO / "mf_model", other / "mf_model", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "benchmarks/model_calls_ab.py", "--other", str(other), "--preset", "tiny",
+                           "--size", "64", "--frames", "2", "--rounds", "1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("    0 ")]
+    assert [r.split()[1] for r in rows] == ["before", "this", "this+checkpointing"]
+    assert rows[0].endswith(f"({other})") and rows[1].endswith(f"({REPO})")
 
 
 def test_every_weight_is_used_and_held_once(tiny):
