@@ -165,6 +165,17 @@ def _status_kb(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def _settle(pids: list[int], busy_percent: float = 10.0, timeout_s: float = 5.0) -> None:
+    """Wait (at most ``timeout_s``) until the processes are idle, so an attack's figures are not inflated by the
+    previous attack's tail (a replica still freeing or a proxy still draining a refused body)."""
+    procs = [psutil.Process(pid) for pid in pids]
+    deadline = time.monotonic() + timeout_s
+    calm = 0
+    while calm < 2 and time.monotonic() < deadline:
+        busy = max(p.cpu_percent(interval=0.1) for p in procs)
+        calm = calm + 1 if busy < busy_percent else 0
+
+
 class PeakGrowth:
     """Peak RSS growth of the processes named by ``marker`` while the block runs (VmHWM reset by clear_refs)."""
 
@@ -173,6 +184,7 @@ class PeakGrowth:
         assert self.pids, f"no process {marker}"
 
     def __enter__(self):
+        _settle(self.pids)
         self.base = {}
         for pid in self.pids:
             with open(f"/proc/{pid}/clear_refs", "w") as fh:
