@@ -153,8 +153,8 @@ class Attention(nn.Module):
             out = self.to_out[1](self.to_out[0](self.to_v(context)))
             return out.expand(-1, x.shape[1], -1)
         if self.to_q is None:
-            raise ValueError("this cross-attention keeps only to_v (one-token context); got a context of "
-                             f"{context.shape[1] if context is not None else 'self'} tokens")
+            raise ValueError("this cross-attention keeps only to_v and to_out (its context is one-token); "
+                             "to_q and to_k were dropped")
         q = self.to_q(x)
         ctx = x if context is None else context
         k = self.to_k(ctx)

@@ -95,9 +95,7 @@ class MotionFollower:
         for m in self.modules():
             m.requires_grad_(False)
             m.eval()
-        # loaded (the official files have them) but never run: not kept resident
-        for m in {id(u): u for u in (self.unet, self.estimator)}.values():
-            drop_unrun_projections(m)
+            drop_unrun_projections(m)  # loaded (the official files have them) but never run: not kept resident
         # activation checkpointing of the estimator in guidance is decided per run (EditOptions.guidance_checkpointing)
 
     # -- construction ----------------------------------------------------------------------------------------
