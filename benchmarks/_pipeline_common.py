@@ -39,6 +39,20 @@ def make_track(path: Path, first: np.ndarray, frames: int, fps: int = 24) -> Non
         write_pose_track(waving_track(first, frames, fps), str(path))
 
 
+def demo_manifest(work: Path, requests: int, frames: int, fps: int = 24, **params) -> str:
+    """``work/requests.jsonl``: ``requests`` requests (ids r0.., seed = k) of the demo source and waving track,
+    ``frames`` long at ``fps``, each with ``params`` (steps, size, window, overlap, ...). Returns its path."""
+    from pipelines.batch.requests import write_manifest
+
+    src, drv = work / "source.mp4", work / "driving.parquet"
+    make_track(drv, make_source(src, frames, fps=fps), frames, fps=fps)
+    rows = [{"request_id": f"r{k}", "source": str(src), "driving": str(drv), "seed": k, **params}
+            for k in range(requests)]
+    path = work / "requests.jsonl"
+    write_manifest(rows, str(path))
+    return str(path)
+
+
 def start_ray(num_cpus: int | None = None):
     import ray
 

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from _pipeline_common import make_source, make_track, start_ray
+from _pipeline_common import demo_manifest, start_ray
 
 
 def tree_bytes(root: Path) -> int:
@@ -68,14 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-cpus", type=int, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from pipelines.batch.requests import write_manifest
-
     work = Path(tempfile.mkdtemp(prefix="mf-bench-storage-"))
-    src, drv = work / "source.mp4", work / "driving.parquet"
-    make_track(drv, make_source(src, args.frames, fps=12), args.frames, fps=12)
-    rows = [{"request_id": f"r{k}", "source": str(src), "driving": str(drv), "seed": k, "steps": args.steps,
-             "size": args.size, "window": 16, "overlap": 4} for k in range(args.requests)]
-    write_manifest(rows, str(work / "requests.jsonl"))
+    demo_manifest(work, args.requests, args.frames, fps=12, steps=args.steps, size=args.size, window=16, overlap=4)
     start_ray(args.num_cpus)
     for keep in (True, False):
         print(json.dumps(run_mode(work, keep)), flush=True)

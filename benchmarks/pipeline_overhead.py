@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pipeline_common import make_source, make_track, start_ray  # noqa: E402
+from _pipeline_common import demo_manifest, start_ray  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,16 +38,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from pipelines.batch.config import RunConfig, StageResources
     from pipelines.batch.driver import run_pipeline
-    from pipelines.batch.requests import write_manifest
 
     work = Path(tempfile.mkdtemp(prefix="mf-bench-overhead-"))
-    src, drv = work / "source.mp4", work / "driving.parquet"
-    make_track(drv, make_source(src, args.frames), args.frames)
-    rows = [{"request_id": f"r{k}", "source": str(src), "driving": str(drv), "seed": k, "steps": args.steps,
-             "size": args.size, "window": args.window, "overlap": args.overlap} for k in range(args.requests)]
-    write_manifest(rows, str(work / "requests.jsonl"))
+    manifest = demo_manifest(work, args.requests, args.frames, steps=args.steps, size=args.size, window=args.window,
+                             overlap=args.overlap)
     start_ray(args.num_cpus)
-    s = run_pipeline(RunConfig(manifest=str(work / "requests.jsonl"), out=str(work / "out"),
+    s = run_pipeline(RunConfig(manifest=manifest, out=str(work / "out"),
                                resources=StageResources(actors=args.actors, prepare_actors=args.prepare_actors)))
     report = {"requests": s.counts, "windows": s.windows, "frames": s.frames, "wall_s": round(s.wall_seconds, 1),
               "first_window_s": round(s.first_window_seconds or 0, 1),
