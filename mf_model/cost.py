@@ -3,6 +3,8 @@ forward on the meta device (no memory, no compute), for the automatic activation
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from mf_model.config import UNetConfig
 
@@ -36,20 +38,40 @@ def meta_inputs(config: UNetConfig, latent_shape, dtype: torch.dtype = torch.flo
     return x, clip, pose, app
 
 
+class _FusedAttention(torch.autograd.Function):
+    """What a fused attention kernel (flash, cuDNN, memory-efficient) saves for backward: q, k, v, the output and
+    one fp32 log-sum-exp per query. On the meta device the math path would run and save the full attention matrix,
+    which no CUDA run of the model holds."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+
+class _AsOnCuda(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            return _FusedAttention.apply(*args[:3])
+        return func(*args, **(kwargs or {}))
+
+
 def _graph_bytes(config: UNetConfig, latent_shape: tuple, elsize: int) -> int:
     dtype = {2: torch.float16, 4: torch.float32}.get(elsize, torch.float32)
     unet = meta_unet(config, dtype)
     x, clip, pose, app = meta_inputs(config, latent_shape, dtype)
-    seen: dict = {}  # id → (tensor kept alive so ids stay unique, bytes); a tensor saved by several ops counts once
+    seen: dict = {}  # storage → (tensor kept alive, bytes): views of one storage count once, as in memory
 
     def pack(t):
-        seen[id(t)] = (t, t.numel() * t.element_size())
+        storage = t.untyped_storage()
+        seen[storage._cdata] = (t, storage.nbytes())
         return t
 
     was = unet.gradient_checkpointing
     unet.gradient_checkpointing = False
     try:
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _AsOnCuda():
             x.requires_grad_(True)
             unet(x, 999, clip, pose, app, up_ft_indices=[1, 2])
     finally:
