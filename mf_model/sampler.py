@@ -43,6 +43,13 @@ class Conditions:
     latent_shape: tuple[int, int, int, int, int]
 
 
+def available_device_bytes(device: torch.device) -> int:
+    """Bytes a new allocation on ``device`` can take: what the driver reports free plus what PyTorch's caching
+    allocator holds reserved but unused (after a first window most of the window's memory sits there)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
 class TwoBranchSampler:
     def __init__(self, unet: UNet3DConditionModel, estimator: UNet3DConditionModel, schedule: Schedule,
                  cfg: float, camera: bool, weights: GuidanceWeights = GuidanceWeights(), sde_strength: float = 0.4,
@@ -145,7 +152,7 @@ class TwoBranchSampler:
         weight = self.estimator.conv_in.weight
         if not weight.is_cuda:
             return False
-        free, _ = torch.cuda.mem_get_info(weight.device)
+        free = available_device_bytes(weight.device)
         need = guidance_graph_bytes(self.estimator.config, latent_shape, weight.element_size())
         use = 1.25 * need > free
         log.info("guidance graph ≈%.1f GiB, %.1f GiB free: activation checkpointing %s", need / 2**30,

@@ -201,3 +201,15 @@ def test_files_that_still_hold_the_dropped_projections_load(tiny, tmp_path):
     save_file(sd, str(path))
     again = load_model(str(tmp_path))
     assert again.coverage.ok and not any(again.coverage.modules[0].unexpected.values())
+
+
+def test_free_device_memory_counts_the_allocators_unused_cache(monkeypatch):
+    """After a first window, PyTorch's caching allocator keeps the window's memory reserved: the driver reports it
+    used, yet the next window can take it, so the checkpointing decision must count it as free."""
+    from mf_model import sampler
+
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 48 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * gib)
+    assert sampler.available_device_bytes(torch.device("cuda", 0)) == 36 * gib
