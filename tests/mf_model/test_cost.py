@@ -1,6 +1,7 @@
 """No redundant work, outputs unchanged: shared reference features, one batched input-gradient, optional
 checkpointing; the MAC count's step plan; the GPU suite's CPU dry run."""
 import os
+import re
 import subprocess
 import sys
 
@@ -125,6 +126,22 @@ def test_gpu_suite_dry_run():
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("window ")]
     assert len(lines) == 4 and all("TFLOP/s" in l and "GPU-s per new frame" in l for l in lines)
+
+
+def test_gpu_phase_benchmarks_run_on_the_cpu():
+    """The per-phase and group-norm GPU benchmarks, smoke-tested through the same code on the CPU."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    phases = subprocess.run([sys.executable, "benchmarks/gpu_phases.py", "--device", "cpu", "--preset", "tiny",
+                             "--size", "64", "--frames", "2", "--dtype", "fp32", "--knobs", "baseline"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert phases.returncode == 0, phases.stderr[-2000:]
+    row = next(line for line in phases.stdout.splitlines() if line.startswith("baseline"))
+    assert all(p in row for p in ("reconstruction_forward", "edit_forward", "guidance"))
+    gn = subprocess.run([sys.executable, "benchmarks/gpu_group_norm.py", "--device", "cpu", "--dtype", "fp32",
+                         "--small", "--reps", "1"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert gn.returncode == 0, gn.stderr[-2000:]
+    errs = [float(e) for e in re.findall(r"err ([0-9.e+-]+)", gn.stdout)]
+    assert len(errs) == 6 and max(errs) < 1e-5  # two shapes × three formulations of the same function
 
 
 def test_model_calls_ab_times_each_arm_from_its_own_checkout(tmp_path):
