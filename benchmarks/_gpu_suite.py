@@ -35,13 +35,19 @@ def _save_cache() -> None:
             json.dump({json.dumps(list(k)): v for k, v in _CALLS.items()}, fh)
 
 
-def window_macs(preset_name: str, frames: int, size: int, steps: int, camera: bool, checkpointing: bool) -> int:
-    from benchmarks.window_flops import PhaseCounter, one_calls, phase_table, plan_counts
+def call_macs(preset_name: str, frames: int, size: int) -> dict:
+    """MACs of one call of each phase (``window_flops.one_calls``), from the cache or counted and cached."""
+    from benchmarks.window_flops import PhaseCounter, one_calls
     key = (preset_name, frames, size)
     if key not in _CALLS:
         _CALLS[key] = one_calls(PhaseCounter(frames, size, preset_name))
         _save_cache()
-    calls = _CALLS[key]
+    return _CALLS[key]
+
+
+def window_macs(preset_name: str, frames: int, size: int, steps: int, camera: bool, checkpointing: bool) -> int:
+    from benchmarks.window_flops import phase_table, plan_counts
+    calls = call_macs(preset_name, frames, size)
     table = phase_table(calls, plan_counts(steps), frames, camera, "ours+ckpt" if checkpointing else "ours")
     return sum(table.values())
 
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, nargs="*", default=None)
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--overlap", type=int, default=None, help="window overlap (default 8; dry run 2)")
+    ap.add_argument("--overlap", type=int, default=None, help="window overlap (default 8; dry run 1)")
     ap.add_argument("--camera", choices=["off", "on", "both"], default="both")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start no new window after this many seconds")
     ap.add_argument("--macs-cache", default=None, help="JSON file of MAC counts to read and extend")
@@ -99,7 +105,7 @@ def main(argv=None) -> int:
     _load_cache(args.macs_cache)
     if args.count_only:
         for f in frames:
-            window_macs(preset_name, f, size, steps, False, False)
+            call_macs(preset_name, f, size)
         print(f"counted: {sorted(_CALLS)} -> {args.macs_cache}")
         return 0
     print(f"suite: preset={preset_name} device={device} size={size} steps={steps} frames={frames} dtypes={dtypes}")

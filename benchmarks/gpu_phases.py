@@ -33,12 +33,7 @@ PHASES = ("reconstruction_forward", "edit_forward", "guidance", "replay_forward"
 def _phase_macs(preset_name: str, frames: int, size: int, cache: str | None) -> dict:
     from benchmarks import _gpu_suite as suite
     suite._load_cache(cache)
-    key = (preset_name, frames, size)
-    if key not in suite._CALLS:
-        from benchmarks.window_flops import PhaseCounter, one_calls
-        suite._CALLS[key] = one_calls(PhaseCounter(frames, size, preset_name))
-        suite._save_cache()
-    c = suite._CALLS[key]
+    c = suite.call_macs(preset_name, frames, size)
     return {"reconstruction_forward": c["full_b1"], "edit_forward": c["full_b2"],
             "guidance": c["trunc"] + c["bwd_ours"], "replay_forward": c["full_b1"]}
 
