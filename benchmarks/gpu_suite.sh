@@ -6,23 +6,16 @@
 #   bash benchmarks/gpu_suite.sh            # on the GPU machine
 #   bash benchmarks/gpu_suite.sh --dry-run  # the tiny preset on the CPU through the same code (tests)
 #
-# Needs PyTorch plus the model's own dependencies (diffusers, transformers, numpy, Pillow); PYTHON overrides the
-# interpreter (default: the repository's .venv when present, else python3). A GPU machine with only PyTorch (and
-# no network) runs it with the locked diffusers/transformers carried along as wheels:
+# Needs PyTorch, numpy, Pillow and fsspec (the model imports neither diffusers nor transformers); PYTHON overrides
+# the interpreter (default: the repository's .venv when present, else python3). On a machine without network that
+# lacks one of them, carry its wheel:
 #
-#   bash benchmarks/gpu_suite.sh --fetch-wheels DIR     # where pip reaches PyPI: the locked versions, into DIR
-#   MF_WHEELS=DIR bash benchmarks/gpu_suite.sh          # there: installs DIR/*.whl into a temporary folder first
+#   MF_WHEELS=DIR bash benchmarks/gpu_suite.sh          # installs DIR/*.whl into a temporary folder first
 #
 # Further arguments go to benchmarks/_gpu_suite.py (--frames, --dtypes, --steps, --camera, --budget-s,
 # --macs-cache FILE: MAC counts made beforehand on any CPU with --count-only, which saves GPU time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ "${1:-}" == "--fetch-wheels" ]]; then
-  dir=${2:?usage: gpu_suite.sh --fetch-wheels DIR}
-  pins=$(grep -E '^(diffusers|transformers)==' requirements.lock)
-  # shellcheck disable=SC2086  # one argument per pin
-  exec python3 -m pip download --no-deps --only-binary=:all: -d "$dir" $pins importlib_metadata
-fi
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -33,9 +26,9 @@ if [[ -n "${MF_WHEELS:-}" ]]; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-if ! "$PYTHON" -c "import torch, diffusers, transformers, numpy, PIL" 2>/dev/null; then
-  echo "gpu_suite: $PYTHON lacks torch/diffusers/transformers/numpy/Pillow (pip install diffusers transformers," \
-       "or carry wheels: --fetch-wheels DIR, then MF_WHEELS=DIR)" >&2
+if ! "$PYTHON" -c "import torch, numpy, PIL, fsspec" 2>/dev/null; then
+  echo "gpu_suite: $PYTHON lacks one of torch/numpy/Pillow/fsspec (pip install it, or carry its wheel in" \
+       "MF_WHEELS=DIR)" >&2
   exit 3
 fi
 "$PYTHON" benchmarks/_gpu_suite.py "$@"

@@ -1,5 +1,6 @@
-"""MotionFollower video motion editing: the model (PyTorch + diffusers; knows nothing of Ray, files or URIs beyond
-weight loading).
+"""MotionFollower video motion editing: the model (PyTorch only: its CLIP image encoder, VAE decoder and DDIM
+quantities are its own, tested against transformers' and diffusers' classes; knows nothing of Ray, files or URIs
+beyond weight loading).
 
 Public API::
 

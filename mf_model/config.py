@@ -102,8 +102,8 @@ class ModelConfig:
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     pose_guider: PoseGuiderConfig = field(default_factory=PoseGuiderConfig)
-    vae: dict = field(default_factory=dict)  # diffusers AutoencoderKL config
-    image_encoder: dict = field(default_factory=dict)  # transformers CLIPVisionConfig
+    vae: dict = field(default_factory=dict)  # an AutoencoderKL config.json (mf_model.vae_decoder)
+    image_encoder: dict = field(default_factory=dict)  # a CLIP vision config.json (mf_model.image_encoder)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     latent_scale: float = 0.18215
     name: str = "custom"

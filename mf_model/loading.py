@@ -27,7 +27,6 @@ from typing import Optional
 
 import fsspec
 import torch
-import yaml
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +205,8 @@ class OfficialLayout:
 
 def locate_official(uri: str) -> OfficialLayout:
     if uri.endswith((".yaml", ".yml")):
+        import yaml  # only for official YAML configs
+
         cfg = yaml.safe_load(read_bytes(uri)) or {}
         root = posixpath.dirname(uri) if "://" in uri else os.path.dirname(uri)
         need = ["pretrained_base_model_path", "pretrained_vae_path", "image_encoder_path", "denoising_unet_path",

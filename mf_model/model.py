@@ -16,12 +16,14 @@ from mf_model import loading
 from mf_model.config import ModelConfig, PoseGuiderConfig, UNetConfig, preset
 from mf_model.controllers import PoseGuider
 from mf_model.guidance import GuidanceWeights
+from mf_model.image_encoder import ClipImageEncoder
 from mf_model.layers import UNRUN_SUFFIXES, drop_unrun_projections
 from mf_model.noise import FrameIndexedNoise, NoiseProvider
 from mf_model.sampler import Conditions, Tap, TwoBranchSampler
 from mf_model.schedule import Schedule
 from mf_model.transformer import PositionalEncoding
 from mf_model.unet import UNet3DConditionModel
+from mf_model.vae_decoder import VaeDecoder
 from mf_model.window import EditOptions, EditResult, EditWindow
 
 log = logging.getLogger(__name__)
@@ -41,19 +43,12 @@ def parse_dtype(dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _build_vae(cfg: dict):
-    from diffusers import AutoencoderKL
-    clean = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    vae = AutoencoderKL.from_config(clean)
-    vae.encoder = None  # only the decoder is used
-    vae.quant_conv = None
-    return vae
+def _build_vae(cfg: dict) -> VaeDecoder:
+    return VaeDecoder(cfg)  # only the decoder: the VAE encoder is never run
 
 
-def _build_clip(cfg: dict):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-    keep = {k: v for k, v in cfg.items() if k not in ("architectures", "_name_or_path", "transformers_version")}
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(**keep))
+def _build_clip(cfg: dict) -> ClipImageEncoder:
+    return ClipImageEncoder(cfg)
 
 
 def _pose_guider_config(sd: dict) -> PoseGuiderConfig:
@@ -158,6 +153,7 @@ class MotionFollower:
         def unet_on_device():
             with torch.device("meta"):
                 u = UNet3DConditionModel(config.unet)
+            drop_unrun_projections(u)  # before allocation: never held, not even for a moment
             u = u.to_empty(device=device).to(dtype)
             with torch.no_grad():
                 for name, p in u.named_parameters():
@@ -307,7 +303,7 @@ class MotionFollower:
         f = window.num_frames
         h, w = window.size
         clip_src = window.clip_frames if window.clip_frames is not None else list(window.source_frames)
-        clip = self.image_encoder(pixel_values=self.clip_pixels(clip_src).to(dev, dt)).image_embeds.unsqueeze(1)
+        clip = self.image_encoder(self.clip_pixels(clip_src).to(dev, dt)).unsqueeze(1)
 
         def img(a):
             return torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(0, 3, 1, 2).to(dt) / 255
@@ -335,7 +331,7 @@ class MotionFollower:
         vdt = next(self.vae.parameters()).dtype
         for f in range(latents.shape[2]):
             z = latents[:, :, f].to(vdt) / self.config.latent_scale
-            frames.append((self.vae.decode(z).sample / 2 + 0.5).clamp(0, 1).float().cpu())
+            frames.append((self.vae.decode(z) / 2 + 0.5).clamp(0, 1).float().cpu())
         return torch.cat(frames)
 
     # -- the public edit --------------------------------------------------------------------------------------

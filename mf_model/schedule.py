@@ -1,20 +1,52 @@
 """Diffusion schedule: the official DDIM quantities and the editor's step plan (scaled for step counts ≠ 50)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from mf_model.config import SchedulerConfig
 
 OFFICIAL_STEPS = 50
+SPACINGS = ("leading", "trailing", "linspace")
+BETA_SCHEDULES = ("linear", "scaled_linear")
 
 
-def make_scheduler(cfg: SchedulerConfig, steps: int) -> DDIMScheduler:
-    sched = DDIMScheduler(**asdict(cfg))
-    sched.set_timesteps(steps)
-    return sched
+def train_alphas_cumprod(cfg: SchedulerConfig) -> torch.Tensor:
+    """ᾱ over the training timesteps, float32, computed as diffusers' ``DDIMScheduler`` does (same operations in the
+    same order, so the values are bit-identical; ``tests/mf_model/test_vae_clip_schedule.py`` checks it)."""
+    n = cfg.num_train_timesteps
+    if cfg.beta_schedule == "linear":
+        betas = torch.linspace(cfg.beta_start, cfg.beta_end, n, dtype=torch.float32)
+    elif cfg.beta_schedule == "scaled_linear":
+        betas = torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, n, dtype=torch.float32) ** 2
+    else:
+        raise ValueError(f"beta_schedule {cfg.beta_schedule!r} is not supported (one of {', '.join(BETA_SCHEDULES)})")
+    if cfg.rescale_betas_zero_snr:  # zero terminal SNR (Lin et al. 2024, Algorithm 1)
+        root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+        first, last = root[0].clone(), root[-1].clone()
+        root -= last
+        root *= first / (first - last)
+        bar = root ** 2
+        betas = 1 - torch.cat([bar[0:1], bar[1:] / bar[:-1]])
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def inference_timesteps(cfg: SchedulerConfig, steps: int) -> list[int]:
+    """The ``steps`` timesteps of a sampling run, largest first (diffusers' spacings)."""
+    n = cfg.num_train_timesteps
+    if steps > n:
+        raise ValueError(f"steps ({steps}) cannot exceed num_train_timesteps ({n})")
+    if cfg.timestep_spacing == "trailing":
+        ts = np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
+    elif cfg.timestep_spacing == "leading":
+        ts = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.int64) + cfg.steps_offset
+    elif cfg.timestep_spacing == "linspace":
+        ts = np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
+    else:
+        raise ValueError(f"timestep_spacing {cfg.timestep_spacing!r} is not supported (one of {', '.join(SPACINGS)})")
+    return [int(t) for t in ts]
 
 
 @dataclass(frozen=True)
@@ -52,11 +84,13 @@ class Schedule:
     def __init__(self, cfg: SchedulerConfig, steps: int):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        sched = make_scheduler(cfg, steps)
+        if cfg.prediction_type != "v_prediction" or cfg.clip_sample:
+            raise ValueError("the sampler implements DDIM for v-prediction without sample clipping; got "
+                             f"prediction_type={cfg.prediction_type!r}, clip_sample={cfg.clip_sample}")
         self.steps = steps
-        self.timesteps = [int(t) for t in sched.timesteps]
-        self.alphas_cumprod = sched.alphas_cumprod.clone()  # float32 (1000,)
-        self.final_alpha_cumprod = sched.final_alpha_cumprod
+        self.timesteps = inference_timesteps(cfg, steps)
+        self.alphas_cumprod = train_alphas_cumprod(cfg)  # float32 (1000,)
+        self.final_alpha_cumprod = torch.tensor(1.0) if cfg.set_alpha_to_one else self.alphas_cumprod[0]
         self.step_size = cfg.num_train_timesteps // steps
         self.num_train = cfg.num_train_timesteps
         self.plan = StepPlan(steps)

@@ -57,12 +57,15 @@ class Transformer3DModel(nn.Module):
 class PositionalEncoding(nn.Module):
     def __init__(self, dim: int, max_len: int):
         super().__init__()
-        position = torch.arange(max_len).unsqueeze(1)
-        div_term = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(1, max_len, dim)
+        # computed on the CPU even inside a meta-device build: arithmetic on meta tensors imports torch's
+        # compiler stack (torch._dynamo, sympy: about 80 MiB resident) for nothing
+        cpu = torch.device("cpu")
+        position = torch.arange(max_len, device=cpu).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, dim, 2, device=cpu) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(1, max_len, dim, device=cpu)
         pe[0, :, 0::2] = torch.sin(position * div_term)
         pe[0, :, 1::2] = torch.cos(position * div_term)
-        self.register_buffer("pe", pe, persistent=True)
+        self.register_buffer("pe", pe.to(torch.get_default_device()), persistent=True)
 
     def forward(self, x):
         return x + self.pe[:, : x.shape[1]].to(x.dtype)

