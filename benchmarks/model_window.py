@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 
@@ -20,16 +19,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def rss_gib() -> float:
+def _status_gib(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 2**20
     return float("nan")
 
 
+def rss_gib() -> float:
+    return _status_gib("VmRSS")
+
+
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """VmHWM, this process's own high-water mark (``ru_maxrss`` can carry a forking parent's over ``exec``)."""
+    return _status_gib("VmHWM")
 
 
 def synthetic_window(frames: int, h: int, w: int):

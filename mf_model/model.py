@@ -189,16 +189,16 @@ class MotionFollower:
         base_cfg = loading.read_json(loading.join_uri(lay.base_unet, "config.json"))
         ucfg = UNetConfig.from_diffusers(base_cfg, lay.motion_kwargs)
         base_sd = loading.load_state_dict(loading.first_existing(
-            lay.base_unet, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]))
-        motion_sd = loading.load_state_dict(lay.motion_module)
-        den_sd = loading.load_state_dict(lay.denoising_unet)
-        pg_sd = loading.load_state_dict(lay.pose_guider)
+            lay.base_unet, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]), mapped=True)
+        motion_sd = loading.load_state_dict(lay.motion_module, mapped=True)
+        den_sd = loading.load_state_dict(lay.denoising_unet, mapped=True)
+        pg_sd = loading.load_state_dict(lay.pose_guider, mapped=True)
         vae_cfg = loading.read_json(loading.join_uri(lay.vae, "config.json"))
         vae_sd = loading.rename_legacy_vae(loading.load_state_dict(loading.first_existing(
-            lay.vae, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"])))
+            lay.vae, ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]), mapped=True))
         clip_cfg = loading.read_json(loading.join_uri(lay.image_encoder, "config.json"))
         clip_sd = loading.load_state_dict(loading.first_existing(
-            lay.image_encoder, ["model.safetensors", "pytorch_model.bin"]))
+            lay.image_encoder, ["model.safetensors", "pytorch_model.bin"]), mapped=True)
         config = ModelConfig(unet=ucfg, pose_guider=_pose_guider_config(pg_sd), vae=vae_cfg, image_encoder=clip_cfg,
                              name="official")
         report = loading.CoverageReport()
@@ -214,7 +214,7 @@ class MotionFollower:
             est = UNet3DConditionModel(ucfg)
             report.modules.append(loading.merge_into(est, "estimator", [
                 ("motion_module.pth", motion_sd), ("base unet", base_sd),
-                ("estimator adapter", loading.load_state_dict(lay.estimator_adapter))]))
+                ("estimator adapter", loading.load_state_dict(lay.estimator_adapter, mapped=True))]))
             report.modules[-1].unexpected.pop("base unet", None)
         pg = PoseGuider(**vars(config.pose_guider))
         report.modules.append(loading.merge_into(pg, "pose_guider", [("poctr.pth", pg_sd)]))
@@ -271,7 +271,7 @@ class MotionFollower:
             if u is not None:
                 drop_unrun_projections(u)  # saved without them; files that have them are accepted
         for name, module in parts:
-            sd = loading.load_state_dict(loading.join_uri(uri, f"{name}.safetensors"))
+            sd = loading.load_state_dict(loading.join_uri(uri, f"{name}.safetensors"), mapped=True)
             report.modules.append(loading.merge_into(module, name, [(f"{name}.safetensors", sd)],
                                                      ignore_suffixes=UNRUN_SUFFIXES))
         report.raise_if_incomplete()

@@ -230,3 +230,17 @@ def test_free_device_memory_counts_the_allocators_unused_cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * gib)
     assert sampler.available_device_bytes(torch.device("cuda", 0)) == 36 * gib
+
+
+def test_resident_official_benchmark_on_tiny(tmp_path):
+    """The load-memory benchmark writes an official layout its own loader accepts with full coverage, then measures
+    both loads (tiny sizes here; the figures come from the sd15 run)."""
+    layout = tmp_path / "layout"
+    proc = subprocess.run([sys.executable, "benchmarks/resident_official.py", "--preset", "tiny", "--dir", str(layout)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith(("official layout", "tiny preset"))]
+    assert len(rows) == 2 and all(float(r[-1]) >= float(r[-3]) > 0 for r in rows), proc.stdout
+    assert (layout / "motion_module.pth").exists() and (layout / "WRITTEN").exists()
+    from mf_model import load_model
+    assert load_model(str(layout)).coverage.ok

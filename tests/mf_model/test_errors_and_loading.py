@@ -139,3 +139,27 @@ def test_mf_weights_check_cli(golden_case, tmp_path, capsys):
     assert main(["weights", "check", str(w)]) == 1
     out = capsys.readouterr().out
     assert "MISSING 1" in out and gone in out and "weights: INCOMPLETE" in out
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_state_dict_formats_mapped_or_read(tmp_path, mapped):
+    """Zip and legacy ``.pth`` and ``.safetensors`` load alike, mapped or read whole; unmapped tensors survive the
+    file being rewritten; a damaged file is a WeightsError naming it, mapped or not."""
+    from safetensors.torch import save_file
+
+    sd = {"a.weight": torch.randn(64, 32), "b.bias": torch.arange(5.0)}
+    files = {"zip.pth": lambda p: torch.save(sd, p),
+             "legacy.pth": lambda p: torch.save(sd, p, _use_new_zipfile_serialization=False),
+             "w.safetensors": lambda p: save_file(sd, str(p))}
+    for name, write in files.items():
+        path = tmp_path / name
+        write(path)
+        got = load_state_dict(str(path), mapped=mapped)
+        assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd), name
+        if not mapped:
+            path.write_bytes(b"")  # owned tensors: rewriting the file cannot touch them
+            assert torch.equal(got["a.weight"], sd["a.weight"])
+        del got  # mapped tensors must be gone before their file is rewritten
+        path.write_bytes(b"not a checkpoint at all" * 10)
+        with pytest.raises(WeightsError, match=name):
+            load_state_dict(str(path), mapped=mapped)
