@@ -65,7 +65,7 @@ class PositionalEncoding(nn.Module):
         pe = torch.zeros(1, max_len, dim, device=cpu)
         pe[0, :, 0::2] = torch.sin(position * div_term)
         pe[0, :, 1::2] = torch.cos(position * div_term)
-        self.register_buffer("pe", pe.to(torch.get_default_device()), persistent=True)
+        self.register_buffer("pe", pe.to(torch.empty(()).device), persistent=True)  # the build's device
 
     def forward(self, x):
         return x + self.pe[:, : x.shape[1]].to(x.dtype)
