@@ -158,3 +158,6 @@ def preset(name: str) -> ModelConfig:
 
 
 PRESETS = ("sd15", "tiny")
+# Revision of the seeded random weights of the presets: bumped whenever the same (preset, seed) draws other weights,
+# so that the ids and result keys of outputs made with them change too (2: own CLIP encoder and VAE decoder)
+RANDOM_WEIGHTS_REVISION = 2

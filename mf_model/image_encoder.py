@@ -38,8 +38,12 @@ class ClipVisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClipVisionConfig:
-        d = d.get("vision_config", d)  # a full CLIPConfig nests the vision part
-        cfg = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        top = d
+        d = d.get("vision_config", d)  # a full CLIPConfig nests the vision part (its projection_dim on top)
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "projection_dim" not in kw and "projection_dim" in top:
+            kw["projection_dim"] = top["projection_dim"]
+        cfg = cls(**kw)
         if cfg.hidden_act not in ACTIVATIONS:
             raise ValueError(f"image encoder: hidden_act {cfg.hidden_act!r} is not supported "
                              f"(supported: {', '.join(ACTIVATIONS)})")
@@ -52,11 +56,16 @@ class ClipVisionConfig:
 class Embeddings(nn.Module):
     def __init__(self, c: ClipVisionConfig):
         super().__init__()
+        self.image_size = c.image_size
         self.class_embedding = nn.Parameter(torch.randn(c.hidden_size) * c.hidden_size ** -0.5)
         self.patch_embedding = nn.Conv2d(c.num_channels, c.hidden_size, c.patch_size, stride=c.patch_size, bias=False)
         self.position_embedding = nn.Embedding((c.image_size // c.patch_size) ** 2 + 1, c.hidden_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        side = self.image_size
+        if tuple(pixels.shape[-2:]) != (side, side):
+            raise ValueError(f"image encoder: input of {tuple(pixels.shape[-2:])} pixels, the model takes "
+                             f"{side}x{side}")
         patches = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(pixels.shape[0], 1, -1)
         positions = torch.arange(patches.shape[1] + 1, device=pixels.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from mf_model import loading
-from mf_model.config import ModelConfig, PoseGuiderConfig, UNetConfig, preset
+from mf_model.config import RANDOM_WEIGHTS_REVISION, ModelConfig, PoseGuiderConfig, UNetConfig, preset
 from mf_model.controllers import PoseGuider
 from mf_model.guidance import GuidanceWeights
 from mf_model.image_encoder import ClipImageEncoder
@@ -41,6 +42,10 @@ def parse_dtype(dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of fp32, fp16, bf16")
     return DTYPES[dtype]
+
+
+def _random_id(config: ModelConfig, seed: int) -> str:
+    return f"random-r{RANDOM_WEIGHTS_REVISION}:{config.name}:seed{seed}"
 
 
 def _build_vae(cfg: dict) -> VaeDecoder:
@@ -114,7 +119,7 @@ class MotionFollower:
 
     def to(self, device=None, dtype=None) -> MotionFollower:
         for m in self.modules():
-            torch.nn.Module.to(m, device=device, dtype=dtype)  # plain module cast (no diffusers dtype warnings)
+            torch.nn.Module.to(m, device=device, dtype=dtype)
         return self
 
     @classmethod
@@ -142,7 +147,7 @@ class MotionFollower:
             _randomize_zero_inits(pg, gen)
             vae = _build_vae(config.vae)
             clip = _build_clip(config.image_encoder)
-        model = cls(config, unet, pg, vae, clip, est, weights_id=f"random:{config.name}:seed{seed}")
+        model = cls(config, unet, pg, vae, clip, est, weights_id=_random_id(config, seed))
         return model.to(device=torch.device(device), dtype=parse_dtype(dtype))
 
     @classmethod
@@ -177,7 +182,7 @@ class MotionFollower:
             _randomize_zero_inits(pg, torch.Generator().manual_seed(seed))
             vae = _build_vae(config.vae)
             clip = _build_clip(config.image_encoder)
-        model = cls(config, unet, pg, vae, clip, est, weights_id=f"random:{config.name}:seed{seed}")
+        model = cls(config, unet, pg, vae, clip, est, weights_id=_random_id(config, seed))
         return model.to(device=device, dtype=dtype)
 
     @classmethod
@@ -246,13 +251,16 @@ class MotionFollower:
                  "image_encoder": self.image_encoder}
         if self.estimator is not self.unet:
             files["estimator"] = self.estimator
-        for name, module in files.items():
-            sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-            with fs.open(loading.join_uri(path, f"{name}.safetensors"), "wb") as fh:
-                fh.write(save(sd))
         meta = {"config": self.config.to_dict(), "estimator": self.estimator_mode, "weights_id": self.weights_id}
-        with fs.open(loading.join_uri(path, loading.MF_CONFIG), "w") as fh:
-            json.dump(meta, fh, indent=1)
+        blobs = {f"{name}.safetensors": lambda m=module: save(
+            {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}) for name, module in files.items()}
+        blobs[loading.MF_CONFIG] = lambda: json.dumps(meta, indent=1).encode()
+        for fname, blob in blobs.items():  # each file whole or not at all: a reader never maps a half-written one
+            final = loading.join_uri(path, fname)
+            tmp = f"{final}.tmp-{os.getpid()}"
+            with fs.open(tmp, "wb") as fh:
+                fh.write(blob())
+            fs.mv(tmp, final)
 
     @classmethod
     def from_mf(cls, uri: str, device="cpu", dtype="fp32") -> MotionFollower:
@@ -285,7 +293,7 @@ class MotionFollower:
     # -- condition encoding -----------------------------------------------------------------------------------
     def clip_pixels(self, frames) -> torch.Tensor:
         """Per-frame CLIP input: PIL bicubic resize of the original frame to 224², CLIP mean/std."""
-        size = self.config.image_encoder.get("image_size", 224)
+        size = self.image_encoder.config.image_size
         out = []
         for fr in frames:
             img = Image.fromarray(np.asarray(fr, dtype=np.uint8)).convert("RGB").resize((size, size), Image.BICUBIC)

@@ -46,7 +46,11 @@ def inference_timesteps(cfg: SchedulerConfig, steps: int) -> list[int]:
         ts = np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
     else:
         raise ValueError(f"timestep_spacing {cfg.timestep_spacing!r} is not supported (one of {', '.join(SPACINGS)})")
-    return [int(t) for t in ts]
+    ts = [int(t) for t in ts[:steps]]  # trailing's float arange yields one extra (-1) for some step counts
+    if not 0 <= min(ts) <= max(ts) < n:
+        raise ValueError(f"{steps} steps with {cfg.timestep_spacing} spacing and steps_offset {cfg.steps_offset} "
+                         f"reach timesteps outside [0, {n})")
+    return ts
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,10 @@ class VaeDecoderConfig:
                 kw[k] = tuple(kw[k])
         cfg = cls(**kw)
         bad = [t for t in cfg.up_block_types if t != "UpDecoderBlock2D"]
-        if cfg.act_fn != "silu" or bad or len(cfg.up_block_types) != len(cfg.block_out_channels):
-            raise ValueError(f"VAE config: only act_fn 'silu' and one 'UpDecoderBlock2D' per block_out_channels "
-                             f"entry are supported (got act_fn={cfg.act_fn!r}, up_block_types={cfg.up_block_types})")
+        if cfg.act_fn not in ("silu", "swish") or bad or len(cfg.up_block_types) != len(cfg.block_out_channels):
+            raise ValueError("VAE config: only act_fn 'silu' (or 'swish') and one 'UpDecoderBlock2D' per "
+                             f"block_out_channels entry are supported (got act_fn={cfg.act_fn!r}, "
+                             f"up_block_types={cfg.up_block_types})")
         if d.get("norm_type", "group") != "group":
             raise ValueError(f"VAE config: norm_type {d['norm_type']!r} is not supported (only 'group')")
         return cfg

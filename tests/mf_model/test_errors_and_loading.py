@@ -1,5 +1,7 @@
 """Clear errors on bad windows and bad weights; loading formats, dtypes and fsspec URIs."""
+import gc
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,10 +158,13 @@ def test_state_dict_formats_mapped_or_read(tmp_path, mapped):
         write(path)
         got = load_state_dict(str(path), mapped=mapped)
         assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd), name
+        assert (str(path) in Path("/proc/self/maps").read_text()) == (mapped and name != "legacy.pth"), name
         if not mapped:
             path.write_bytes(b"")  # owned tensors: rewriting the file cannot touch them
             assert torch.equal(got["a.weight"], sd["a.weight"])
         del got  # mapped tensors must be gone before their file is rewritten
+        gc.collect()
+        assert str(path) not in Path("/proc/self/maps").read_text(), f"{name} still mapped"
         path.write_bytes(b"not a checkpoint at all" * 10)
         with pytest.raises(WeightsError, match=name):
             load_state_dict(str(path), mapped=mapped)

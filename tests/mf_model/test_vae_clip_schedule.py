@@ -93,14 +93,14 @@ def test_unsupported_configs_are_named():
             beta_schedule="scaled_linear"),
     replace(SchedulerConfig(), timestep_spacing="linspace"),
 ], ids=["official", "sd-leading", "linspace"])
-@pytest.mark.parametrize("steps", [1, 7, 25, 50, 333])
+@pytest.mark.parametrize("steps", [1, 7, 25, 50, 61, 333])
 def test_schedule_matches_diffusers_ddim(cfg, steps):
     from dataclasses import asdict
 
     from diffusers import DDIMScheduler
     ref = DDIMScheduler(**asdict(cfg))
     ref.set_timesteps(steps)
-    assert inference_timesteps(cfg, steps) == [int(t) for t in ref.timesteps]
+    assert inference_timesteps(cfg, steps) == [int(t) for t in ref.timesteps][:steps]
     assert torch.equal(train_alphas_cumprod(cfg), ref.alphas_cumprod)  # bit-identical
     s = Schedule(cfg, steps)
     assert torch.equal(torch.as_tensor(s.final_alpha_cumprod), torch.as_tensor(ref.final_alpha_cumprod))
@@ -122,3 +122,57 @@ def test_model_process_imports_neither_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_clip_nested_config_and_input_size():
+    """A full CLIPConfig nests the vision part (projection_dim on top); the model takes only its own input size, and
+    the model's CLIP preprocessing resizes to it."""
+    nested = {"projection_dim": 40, "vision_config": {**TINY_CLIP, "image_size": 64, "projection_dim": None}}
+    nested["vision_config"].pop("projection_dim")
+    enc = ClipImageEncoder(nested).eval()
+    assert enc.config.image_size == 64 and enc.visual_projection.out_features == 40
+    assert enc(torch.randn(1, 3, 64, 64)).shape == (1, 40)
+    with pytest.raises(ValueError, match="64x64"):
+        enc(torch.randn(1, 3, 224, 224))
+    from mf_model import load_model
+    model = load_model()
+    model.image_encoder = enc
+    assert model.clip_pixels([torch.zeros(50, 70, 3, dtype=torch.uint8).numpy()]).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_matches_the_libraries(dtype):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    torch.manual_seed(0)
+    ref_clip = _randomised(CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP)), 1).to(dtype)
+    clip = ClipImageEncoder(TINY_CLIP).eval()
+    clip.load_state_dict(ref_clip.state_dict(), strict=False)
+    clip = clip.to(dtype)
+    px = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))  # fp32 pixels, cast inside
+    with torch.no_grad():
+        torch.testing.assert_close(clip(px), ref_clip(pixel_values=px).image_embeds, rtol=0, atol=0)
+    ref_vae = _randomised(AutoencoderKL.from_config(TINY_VAE), 3).to(dtype)
+    vae = VaeDecoder(TINY_VAE).eval()
+    vae.load_state_dict({k: v for k, v in ref_vae.state_dict().items()
+                         if not k.startswith(("encoder.", "quant_conv."))})
+    vae = vae.to(dtype)
+    z = torch.randn(1, 4, 5, 6, generator=torch.Generator().manual_seed(4)).to(dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(vae.decode(z), ref_vae.decode(z).sample, rtol=0, atol=0)
+
+
+def test_legacy_vae_attention_names_load():
+    """Older sd-vae-ft-mse files name the mid-block attention query/key/value/proj_attn, with 1x1-conv shapes."""
+    from mf_model.loading import merge_into, rename_legacy_vae
+    ref = _randomised(VaeDecoder(TINY_VAE), 5)
+    legacy = {}
+    for k, v in ref.state_dict().items():
+        for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
+            if f".attentions.0.{new}." in k:
+                k, v = k.replace(new, old), (v[:, :, None, None] if v.ndim == 2 else v)
+        legacy[k] = v
+    assert any(".query." in k for k in legacy) and any(v.ndim == 4 and ".proj_attn." in k for k, v in legacy.items())
+    ours = VaeDecoder(TINY_VAE)
+    assert merge_into(ours, "vae", [("legacy", rename_legacy_vae(legacy))]).ok
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
