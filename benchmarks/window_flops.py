@@ -105,20 +105,21 @@ class PhaseCounter:
             self.unet.gradient_checkpointing = False
 
     def vae_decode_frame(self) -> int:
-        from mf_model.model import _build_vae
+        from mf_model.vae_decoder import VaeDecoder
         with torch.device("meta"):
-            vae = _build_vae(self.cfg.vae)
+            vae = VaeDecoder(self.cfg.vae)
         z = torch.empty(1, 4, self.size // 8, self.size // 8, device="meta")
         with torch.no_grad():
             return count_macs(lambda: vae.decode(z))
 
     def clip_frames(self) -> int:
-        from mf_model.model import _build_clip
+        from mf_model.image_encoder import ClipImageEncoder
         with torch.device("meta"):
-            clip = _build_clip(self.cfg.image_encoder)
-        px = torch.empty(self.frames, 3, 224, 224, device="meta")
+            clip = ClipImageEncoder(self.cfg.image_encoder)
+        side = clip.config.image_size
+        px = torch.empty(self.frames, 3, side, side, device="meta")
         with torch.no_grad():
-            return count_macs(lambda: clip(pixel_values=px))
+            return count_macs(lambda: clip(px))
 
     def controllers(self) -> tuple[int, int]:
         """(PoCtr on one pose sequence, ReCtr on the source frames)."""

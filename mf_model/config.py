@@ -158,6 +158,7 @@ def preset(name: str) -> ModelConfig:
 
 
 PRESETS = ("sd15", "tiny")
-# Revision of the seeded random weights of the presets: bumped whenever the same (preset, seed) draws other weights,
-# so that the ids and result keys of outputs made with them change too (2: own CLIP encoder and VAE decoder)
-RANDOM_WEIGHTS_REVISION = 2
+# Names the seeded random weights of the presets in weight ids and result keys. Its revision is bumped whenever the
+# same (preset, seed) draws other weights, so that outputs made with the old ones are not served as current
+# (r2: own CLIP encoder and VAE decoder)
+RANDOM_WEIGHTS_TAG = "random-r2"

@@ -17,11 +17,13 @@ nothing are reported (the official loader silently ignores them).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -61,6 +63,21 @@ def read_bytes(uri: str) -> bytes:
         raise WeightsError(f"missing weight file: {uri}")
     with fs.open(path, "rb") as fh:
         return fh.read()
+
+
+def write_whole(fs, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` on ``fs`` whole or not at all (a temporary name, then a move), so that a loader
+    never maps a half-written file. The pipeline's ``storage.atomic_write_bytes`` does the same for its outputs;
+    the model sits below the pipeline and keeps torch out of it, hence this small twin."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        raise
 
 
 def read_json(uri: str) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Optional
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 
 from mf_model import loading
-from mf_model.config import RANDOM_WEIGHTS_REVISION, ModelConfig, PoseGuiderConfig, UNetConfig, preset
+from mf_model.config import RANDOM_WEIGHTS_TAG, ModelConfig, PoseGuiderConfig, UNetConfig, preset
 from mf_model.controllers import PoseGuider
 from mf_model.guidance import GuidanceWeights
 from mf_model.image_encoder import ClipImageEncoder
@@ -55,15 +54,7 @@ def _unfilled(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 
 
 def _random_id(config: ModelConfig, seed: int) -> str:
-    return f"random-r{RANDOM_WEIGHTS_REVISION}:{config.name}:seed{seed}"
-
-
-def _build_vae(cfg: dict) -> VaeDecoder:
-    return VaeDecoder(cfg)  # only the decoder: the VAE encoder is never run
-
-
-def _build_clip(cfg: dict) -> ClipImageEncoder:
-    return ClipImageEncoder(cfg)
+    return f"{RANDOM_WEIGHTS_TAG}:{config.name}:seed{seed}"
 
 
 def _pose_guider_config(sd: dict) -> PoseGuiderConfig:
@@ -155,8 +146,8 @@ class MotionFollower:
                 _randomize_zero_inits(est, gen)
             pg = PoseGuider(**vars(config.pose_guider))
             _randomize_zero_inits(pg, gen)
-            vae = _build_vae(config.vae)
-            clip = _build_clip(config.image_encoder)
+            vae = VaeDecoder(config.vae)
+            clip = ClipImageEncoder(config.image_encoder)
         model = cls(config, unet, pg, vae, clip, est, weights_id=_random_id(config, seed))
         return model.to(device=torch.device(device), dtype=parse_dtype(dtype))
 
@@ -193,8 +184,8 @@ class MotionFollower:
             torch.manual_seed(seed)
             pg = PoseGuider(**vars(config.pose_guider))
             _randomize_zero_inits(pg, torch.Generator().manual_seed(seed))
-            vae = _build_vae(config.vae)
-            clip = _build_clip(config.image_encoder)
+            vae = VaeDecoder(config.vae)
+            clip = ClipImageEncoder(config.image_encoder)
         model = cls(config, unet, pg, vae, clip, est, weights_id=_random_id(config, seed))
         return model.to(device=device, dtype=dtype)
 
@@ -238,10 +229,10 @@ class MotionFollower:
             report.modules[-1].unexpected.pop("base unet", None)
         pg = _unfilled(lambda: PoseGuider(**vars(config.pose_guider)))
         report.modules.append(loading.merge_into(pg, "pose_guider", [("poctr.pth", pg_sd)]))
-        vae = _unfilled(lambda: _build_vae(vae_cfg))
+        vae = _unfilled(lambda: VaeDecoder(vae_cfg))
         report.modules.append(loading.merge_into(vae, "vae", [("sd-vae-ft-mse", vae_sd)],
                                                  ignore_prefixes=("encoder.", "quant_conv.")))
-        clip = _unfilled(lambda: _build_clip(clip_cfg))
+        clip = _unfilled(lambda: ClipImageEncoder(clip_cfg))
         report.modules.append(loading.merge_into(clip, "image_encoder", [("image_encoder", clip_sd)],
                                                  ignore_prefixes=("vision_model.embeddings.position_ids",)))
         report.raise_if_incomplete()
@@ -266,16 +257,11 @@ class MotionFollower:
                  "image_encoder": self.image_encoder}
         if self.estimator is not self.unet:
             files["estimator"] = self.estimator
+        for name, module in files.items():
+            sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            loading.write_whole(fs, loading.join_uri(path, f"{name}.safetensors"), save(sd))
         meta = {"config": self.config.to_dict(), "estimator": self.estimator_mode, "weights_id": self.weights_id}
-        blobs = {f"{name}.safetensors": lambda m=module: save(
-            {k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}) for name, module in files.items()}
-        blobs[loading.MF_CONFIG] = lambda: json.dumps(meta, indent=1).encode()
-        for fname, blob in blobs.items():  # each file whole or not at all: a reader never maps a half-written one
-            final = loading.join_uri(path, fname)
-            tmp = f"{final}.tmp-{os.getpid()}"
-            with fs.open(tmp, "wb") as fh:
-                fh.write(blob())
-            fs.mv(tmp, final)
+        loading.write_whole(fs, loading.join_uri(path, loading.MF_CONFIG), json.dumps(meta, indent=1).encode())
 
     @classmethod
     def from_mf(cls, uri: str, device="cpu", dtype="fp32") -> MotionFollower:
@@ -284,8 +270,8 @@ class MotionFollower:
         unet = _unfilled(lambda: UNet3DConditionModel(config.unet))
         est = _unfilled(lambda: UNet3DConditionModel(config.unet)) if meta.get("estimator") == "official" else None
         pg = _unfilled(lambda: PoseGuider(**vars(config.pose_guider)))
-        vae = _unfilled(lambda: _build_vae(config.vae))
-        clip = _unfilled(lambda: _build_clip(config.image_encoder))
+        vae = _unfilled(lambda: VaeDecoder(config.vae))
+        clip = _unfilled(lambda: ClipImageEncoder(config.image_encoder))
         report = loading.CoverageReport()
         parts = [("denoising_unet", unet), ("pose_guider", pg), ("vae", vae), ("image_encoder", clip)]
         if est is not None:

@@ -13,7 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from mf_model.config import RANDOM_WEIGHTS_REVISION
+from mf_model.config import RANDOM_WEIGHTS_TAG
 from pipelines.batch.config import ModelSpec
 from pipelines.batch.requests import Request
 from pipelines.media import storage
@@ -33,7 +33,7 @@ class RequestIdentity:
 
 def model_key(spec: ModelSpec) -> str:
     """The model's part of the key: preset, dtype and the content identity of the weights (or of none)."""
-    weights = _identity_or_blank(spec.weights) if spec.weights else f"random-r{RANDOM_WEIGHTS_REVISION}"
+    weights = _identity_or_blank(spec.weights) if spec.weights else RANDOM_WEIGHTS_TAG
     return ids.params_hash({"preset": spec.preset, "dtype": spec.dtype, "weights": spec.weights or "",
                             "weights_content": weights})
 
