@@ -5,11 +5,13 @@
 
 One call of every phase is counted on the meta device (``benchmarks._flops``), then multiplied by how often the
 step plan (``mf_model.schedule.StepPlan``) runs it. Columns: ``ours`` (this code, guidance without activation
-checkpointing: the CPU default), ``ours+ckpt`` (with it, what CUDA picks when memory is short), ``before`` (the
-previous code: reference features recomputed, checkpointing on, two separate input-gradient calls, full
-one-token cross-attention) and ``official`` (the release as spec §9.1 describes it). ``ours`` computes the one-token
-cross-attention as ``to_out(to_v(token))`` (exact: one key's softmax weight is 1); ``before`` and ``official`` are
-counted with the full attention (``full_cross_attention``). Spec §9.1 estimates ≈3.7×10¹⁵ MAC per official window.
+checkpointing: the CPU default; the guidance's edit features are the CFG forward's conditional half, recorded
+with their graph, except at camera steps whose CFG forward injects K/V), ``ours+ckpt`` (with it, what CUDA picks
+when memory is short), ``before`` (the earliest code: reference features recomputed, checkpointing on, two
+separate input-gradient calls, full one-token cross-attention) and ``official`` (the release as spec §9.1
+describes it). ``ours`` computes the one-token cross-attention as ``to_out(to_v(token))`` (exact: one key's
+softmax weight is 1); ``before`` and ``official`` are counted with the full attention (``full_cross_attention``).
+Spec §9.1 estimates ≈3.7×10¹⁵ MAC per official window.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class PlanCounts:
     replays: int  # re-noise forwards we run (the official runs one more per replay step, unused)
     replay_steps: int
     guidance: int
+    guidance_camera: int  # guidance calls at steps whose CFG forward injects the reconstruction's K/V (camera)
 
 
 def plan_counts(steps: int) -> PlanCounts:
@@ -48,7 +51,8 @@ def plan_counts(steps: int) -> PlanCounts:
     return PlanCounts(steps=steps, rec=steps, cfg=sum(reps),
                       cfg_camera=sum(r for i, r in enumerate(reps) if plan.camera(i)),
                       replays=sum(r - 1 for r in reps), replay_steps=sum(1 for r in reps if r > 1),
-                      guidance=sum(r for i, r in enumerate(reps) if plan.guidance(i)))
+                      guidance=sum(r for i, r in enumerate(reps) if plan.guidance(i)),
+                      guidance_camera=sum(r for i, r in enumerate(reps) if plan.guidance(i) and plan.camera(i)))
 
 
 class PhaseCounter:
@@ -172,7 +176,10 @@ def phase_table(c: dict, n: PlanCounts, frames: int, camera: bool, variant: str)
     """MAC per phase of one window for ``variant``."""
     official = variant == "official"
     cam = n.cfg_camera if camera else 0
-    g_fwd = c["trunc"] * (1 if variant in ("ours", "ours+ckpt") else 2)
+    # ours: the edit features come from the CFG forward's conditional half (its graph recorded), except where
+    # camera mode injects K/V into that forward; the reconstruction features from the reconstruction forward
+    own_fwd = (n.guidance_camera if camera else 0) if variant in ("ours", "ours+ckpt") else n.guidance
+    calls_fwd = own_fwd * c["trunc"] + (0 if variant in ("ours", "ours+ckpt") else n.guidance * c["trunc"])
     g_bwd = {"ours": c["bwd_ours"], "ours+ckpt": c["bwd_ckpt"], "before": c["bwd_before"],
              "official": c["bwd_ours"]}[variant]
     replays = n.replays + (n.replay_steps if official else 0)
@@ -181,7 +188,7 @@ def phase_table(c: dict, n: PlanCounts, frames: int, camera: bool, variant: str)
         "reconstruction": n.rec * c["full_b1"],
         "editing CFG": (n.cfg - cam) * c["full_b2"] + cam * c["full_b2_cam"],
         "replays": replays * c["full_b1"],
-        "guidance forwards": n.guidance * g_fwd,
+        "guidance forwards": calls_fwd,
         "guidance backwards": n.guidance * g_bwd,
         "VAE decode": (2 if official else 1) * frames * c["vae"],
         "CLIP": (2 if official else 1) * c["clip"],
@@ -215,9 +222,10 @@ def report(frames: int, size: int, steps: int, overlaps: dict) -> dict:
         print(f"{f'per new frame ({frames}/{frames - new})':<20}" + "".join(
             f"{tot[v] / new / 1e12:>11.1f}T" for v in VARIANTS))
         totals[camera] = tot
-    g = {k: (c["trunc"] + c[k]) / 1e9 for k in ("bwd_ours", "bwd_ckpt")}
+    g = {k: c[k] / 1e9 for k in ("bwd_ours", "bwd_ckpt")}
     before = (2 * cf["trunc"] + cf["bwd_before"]) / 1e9
-    print(f"\nguidance call (GMAC): without checkpointing {g['bwd_ours']:.0f}, with {g['bwd_ckpt']:.0f}, "
+    print(f"\nguidance call (GMAC; ours: its edit forward is the CFG forward's, and with camera K/V injected "
+          f"+{c['trunc'] / 1e9:.0f}): without checkpointing {g['bwd_ours']:.0f}, with {g['bwd_ckpt']:.0f}, "
           f"before {before:.0f}, official {(2 * cf['trunc'] + cf['bwd_ours']) / 1e9:.0f}")
     return {"calls": c, "plan": n, "totals": totals}
 

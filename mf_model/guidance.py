@@ -163,22 +163,28 @@ def _input_gradients(energies: Sequence[torch.Tensor], x: torch.Tensor, scale: f
 
 def score_guidance(features: Callable[[torch.Tensor, bool], Sequence[torch.Tensor]], x: torch.Tensor,
                    x_rec: torch.Tensor, masks: GuidanceMasks, weights: GuidanceWeights,
-                   rec_feats: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+                   rec_feats: Optional[Sequence[torch.Tensor]] = None,
+                   edit: Optional[tuple[torch.Tensor, Sequence[torch.Tensor]]] = None) -> torch.Tensor:
     """The guidance added to the v-prediction: 0.04·(∂(λL_fg)/∂x ⊙ T + ∂(λL_bg)/∂x ⊙ (1 − T)).
 
     ``features(latent, is_edit)`` runs the estimator's truncated forward with the edit's (target) or the
     reconstruction's (source) pose features. ``rec_feats``: the reference features of ``x_rec`` when the caller
     already has them (a weight-sharing estimator's reconstruction forward of the same step computed exactly these
-    up-block activations); otherwise they are computed here.
+    up-block activations); otherwise they are computed here. ``edit``: ``(x_leaf, features)``, the edit features
+    of ``x`` with their autograd graph to the leaf ``x_leaf`` (a weight-sharing estimator's features are the
+    conditional half of the same step's CFG forward, which then records them); otherwise computed here.
     """
     if rec_feats is None:
         with torch.no_grad():
             rec_feats = features(x_rec, False)
     rec = [f.detach() for f in rec_feats]
     with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        edit = features(xg, True)
-        fg, bg = guidance_energies(edit, rec, masks, weights)
+        if edit is None:
+            xg = x.detach().requires_grad_(True)
+            edit_feats = features(xg, True)
+        else:
+            xg, edit_feats = edit
+        fg, bg = guidance_energies(edit_feats, rec, masks, weights)
         g_fg, g_bg = _input_gradients((fg, bg), xg, weights.energy_scale)
     t = masks.target_latent.to(x.dtype)
     return weights.factor * (g_fg * t + g_bg * (1 - t))

@@ -61,6 +61,8 @@ class TwoBranchSampler:
         self.checkpointing = checkpointing  # activation checkpointing in guidance; None: decide from free memory
         # a weight-sharing estimator's reference features ARE the reconstruction forward's up-block outputs
         self.share_rec_features = estimator is unet
+        # ... and its edit features are the conditional half of the step's CFG forward, which records their graph
+        self.share_edit_features = estimator is unet
         self._rec_feats: Optional[tuple[int, list[torch.Tensor]]] = None  # (step, features) of the current step
 
     @contextmanager
@@ -93,10 +95,30 @@ class TwoBranchSampler:
         return run
 
     def _guidance(self, i: int, t: int, x: torch.Tensor, x_rec: torch.Tensor, c: Conditions,
-                  masks: GuidanceMasks) -> torch.Tensor:
+                  masks: GuidanceMasks, edit: Optional[tuple] = None) -> torch.Tensor:
         rec = self._rec_feats[1] if self._rec_feats is not None and self._rec_feats[0] == i else None
         with self._timed("guidance"):
-            return score_guidance(self._features(c, t), x, x_rec, masks, self.weights, rec_feats=rec)
+            return score_guidance(self._features(c, t), x, x_rec, masks, self.weights, rec_feats=rec, edit=edit)
+
+    def _edit_forward(self, x: torch.Tensor, t: int, c: Conditions, record: bool):
+        """The editing branch's (CFG) v-prediction; with ``record``, also ``(x_leaf, features)``: the guidance's
+        edit features, taken from the conditional forward with their graph (up to the last guidance block)."""
+        use_cfg = self.cfg > 1.0
+        if not record:
+            if not use_cfg:
+                return self.unet(x, t, c.clip, c.pose_tgt, c.app_unet), None
+            cond_cfg = torch.cat([torch.zeros_like(c.clip), c.clip])
+            v_u, v_c = self.unet(torch.cat([x, x]), t, cond_cfg, c.pose_tgt, c.app_unet).chunk(2)
+            return (v_u, v_c), None
+        # the unconditional half first, so that its activations are gone before the conditional half's graph
+        v_u = self.unet(x, t, torch.zeros_like(c.clip), c.pose_tgt, c.app_unet) if use_cfg else None
+        feats = {k: None for k in GUIDANCE_UP_BLOCKS}
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            v_c = self.unet(xg, t, c.clip, c.pose_tgt, c.app_unet, capture_up=feats,
+                            grad_until_up=max(GUIDANCE_UP_BLOCKS)).detach()
+        edit = (xg, [feats[k] for k in GUIDANCE_UP_BLOCKS])
+        return ((v_u, v_c) if use_cfg else v_c), edit
 
     def _edit_step(self, i: int, x: torch.Tensor, x_rec: torch.Tensor, c: Conditions, masks: GuidanceMasks,
                    bank: Optional[KVBank], noise: NoiseProvider) -> torch.Tensor:
@@ -105,22 +127,22 @@ class TwoBranchSampler:
         s = sched.prev(t)
         a_t, a_s = sched.alpha(t), sched.alpha(s)
         use_cfg = self.cfg > 1.0
-        cond_cfg = torch.cat([torch.zeros_like(c.clip), c.clip]) if use_cfg else c.clip
+        # the estimator's edit forward is the conditional UNet forward when they share weights and no
+        # reconstruction K/V are injected into the latter (camera mode) at this step
+        record = plan.guidance(i) and self.share_edit_features and bank is None
         reps = plan.replays(i)
         x_prev = x
         for r in range(reps):
             with camera_mode(self.unet.camera_hook, "inject" if bank is not None else None, bank), \
                     self._timed("edit_forward"):
-                if use_cfg:
-                    v_u, v_c = self.unet(torch.cat([x, x]), t, cond_cfg, c.pose_tgt, c.app_unet).chunk(2)
-                    v = v_u + self.cfg * (v_c - v_u)
-                else:
-                    v = self.unet(x, t, cond_cfg, c.pose_tgt, c.app_unet)
+                out, edit = self._edit_forward(x, t, c, record)
+                v = out[0] + self.cfg * (out[1] - out[0]) if use_cfg else out
             if r == 0:
-                self.tap("edit_unet_out", i, (v_u, v_c) if use_cfg else v)
+                self.tap("edit_unet_out", i, out)
             v_org = v
             if plan.guidance(i):
-                g = self._guidance(i, t, x, x_rec, c, masks)
+                g = self._guidance(i, t, x, x_rec, c, masks, edit=edit)
+                del edit
                 self.tap("guidance", i, g)
                 v = v + g
             x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * v

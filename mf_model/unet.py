@@ -214,14 +214,15 @@ class UNet3DConditionModel(nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 pose_cond_fea: Optional[torch.Tensor] = None, appearance: Optional[Sequence[torch.Tensor]] = None,
                 pose_scale: float = 1.0, up_ft_indices: Optional[Sequence[int]] = None,
-                capture_up: Optional[dict] = None):
+                capture_up: Optional[dict] = None, grad_until_up: Optional[int] = None):
         """sample (B, C, F, h, w); encoder_hidden_states (B*F, T, D); pose_cond_fea (B*F or F, C0, h, w);
         appearance: the ReCtr features of the F source frames.
 
         Returns the v-prediction (B, C, F, h, w), or with ``up_ft_indices`` the list of those up blocks' outputs
         (after their upsamplers) as (B, C, F, h, w) tensors: the estimator's truncated forward. ``capture_up``
         (a dict keyed by up-block index) receives those same outputs during a full forward, for a guidance that
-        would otherwise recompute them.
+        would otherwise recompute them. ``grad_until_up``: when gradients are enabled, record them only up to that
+        up block (the captured features keep their graph; the rest of the forward runs without one).
         """
         b, _, frames, h, w = sample.shape
         n_up = len(self.up_blocks)
@@ -241,16 +242,19 @@ class UNet3DConditionModel(nn.Module):
         x = self._run(self.mid_block, x, temb, encoder_hidden_states, frames)
         wanted = sorted(up_ft_indices) if up_ft_indices is not None else None
         feats = []
+        grad = torch.is_grad_enabled()
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
             size = skips[-1].shape[-2:] if (i < n_up - 1 and forward_upsample_size) else None
-            x = self._run(block, x, block_skips, temb, encoder_hidden_states, frames, size)
+            with torch.set_grad_enabled(grad and (grad_until_up is None or i <= grad_until_up)):
+                x = self._run(block, x, block_skips, temb, encoder_hidden_states, frames, size)
             if capture_up is not None and i in capture_up:
                 capture_up[i] = to_video(x, frames)
             if wanted is not None and i in wanted:
                 feats.append(to_video(x, frames))
                 if i == wanted[-1]:
                     return feats
-        x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
+        with torch.set_grad_enabled(grad and grad_until_up is None):
+            x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
         return to_video(x, frames)

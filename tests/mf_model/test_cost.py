@@ -20,19 +20,30 @@ def tiny():
     return load_model(preset_name="tiny", seed=3)
 
 
-def _run(model, opts, share=True):
+def _run(model, opts, share=True, share_edit=None):
     s = model.sampler(opts)
     s.share_rec_features = share
+    s.share_edit_features = share if share_edit is None else share_edit
     x, x_rec = s.run(model.encode(box_window(frames=3)), SequentialNoise(7))
     return x, x_rec, s
 
 
 def test_reconstruction_features_reused_equal_recomputed(tiny):
     opts = EditOptions(steps=25, camera=True, seed=7)  # 25 steps: guidance, SDE and ×3 replay steps all occur
-    a, _, sa = _run(tiny, opts, share=True)
+    a, _, sa = _run(tiny, opts, share=True, share_edit=False)
     b, _, sb = _run(tiny, opts, share=False)
     assert (a - b).abs().max().item() <= 1e-5
     assert len(sa.timings["guidance"]) == len(sb.timings["guidance"]) > 0
+
+
+def test_edit_features_from_the_cfg_forward_equal_recomputed(tiny):
+    # the conditional half then runs as its own batch: float rounding differs from the (2F)-batch CFG forward by
+    # ~1e-6 per call, amplified over 25 steps by the guidance scale λ = 4000
+    opts = EditOptions(steps=25, camera=True, seed=7)
+    a, _, sa = _run(tiny, opts, share=True)
+    b, _, _ = _run(tiny, opts, share=True, share_edit=False)
+    assert (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
+    assert len(sa.timings["guidance"]) > 0
 
 
 def test_captured_features_equal_truncated_forward(tiny):
@@ -53,6 +64,14 @@ def test_captured_features_equal_truncated_forward(tiny):
     g_new = score_guidance(feats, y, x, masks, GuidanceWeights(), rec_feats=[cap[1], cap[2]])
     g_old = score_guidance(feats, y, x, masks, GuidanceWeights())
     assert (g_new - g_old).abs().max().item() <= 1e-5
+    # the edit features recorded by a full conditional forward (graph kept up to up block 2 only)
+    yg = y.clone().requires_grad_(True)
+    ecap = {1: None, 2: None}
+    with torch.enable_grad():
+        v = tiny.unet(yg, 500, c.clip, c.pose_tgt, c.app_unet, capture_up=ecap, grad_until_up=2)
+    assert not v.requires_grad and ecap[2].requires_grad
+    g_rec = score_guidance(feats, y, x, masks, GuidanceWeights(), edit=(yg, [ecap[1], ecap[2]]))
+    assert (g_rec - g_old).abs().max().item() <= 1e-5
 
 
 def test_batched_input_gradients_equal_separate_calls():
