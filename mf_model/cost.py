@@ -63,9 +63,12 @@ def _graph_bytes(config: UNetConfig, latent_shape: tuple, elsize: int) -> int:
     x, clip, pose, app = meta_inputs(config, latent_shape, dtype)
     seen: dict = {}  # storage → (tensor kept alive, bytes): views of one storage count once, as in memory
 
+    weights = {p.untyped_storage()._cdata for p in unet.parameters()}  # saved, but held anyway
+
     def pack(t):
         storage = t.untyped_storage()
-        seen[storage._cdata] = (t, storage.nbytes())
+        if storage._cdata not in weights:
+            seen[storage._cdata] = (t, storage.nbytes())
         return t
 
     was = unet.gradient_checkpointing

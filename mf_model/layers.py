@@ -13,8 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mf_model.frozen_grad import InputGradConv2d, RecomputedGEGLU, group_norm_silu, input_grad_only
 
-class InflatedConv3d(nn.Conv2d):
+
+class FrozenConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same keys) that, with frozen weights, saves no input for backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (input_grad_only(x, self.weight, self.bias) and self.padding_mode == "zeros"
+                and not isinstance(self.padding, str)):
+            return InputGradConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                        self.groups)
+        return super().forward(x)
+
+
+class InflatedConv3d(FrozenConv2d):
     """A 2-D convolution applied to every frame (keys identical to ``Conv2d``)."""
 
 
@@ -56,10 +69,10 @@ class ResnetBlock3D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, frames: int) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(group_norm_silu(self.norm1, x))
         t = self.time_emb_proj(F.silu(temb))  # (B, C)
         h = h + t.repeat_interleave(frames, dim=0)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(group_norm_silu(self.norm2, h))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return x + h
@@ -94,6 +107,8 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x):
+        if input_grad_only(x, self.proj.weight, self.proj.bias):
+            return RecomputedGEGLU.apply(x, self.proj.weight, self.proj.bias)
         h, gate = self.proj(x).chunk(2, dim=-1)
         return h * F.gelu(gate)
 

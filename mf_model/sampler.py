@@ -20,6 +20,7 @@ import torch
 from mf_model.camera import KVBank, camera_mode
 from mf_model.cost import guidance_graph_bytes
 from mf_model.guidance import GuidanceMasks, GuidanceWeights, score_guidance
+from mf_model.host_memory import release_host_memory
 from mf_model.noise import NoiseProvider
 from mf_model.schedule import Schedule
 from mf_model.unet import UNet3DConditionModel
@@ -67,12 +68,15 @@ class TwoBranchSampler:
 
     @contextmanager
     def _timed(self, phase: str):
-        if self.unet.conv_in.weight.is_cuda:
+        cuda = self.unet.conv_in.weight.is_cuda
+        if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         yield
-        if self.unet.conv_in.weight.is_cuda:
+        if cuda:
             torch.cuda.synchronize()
+        else:  # the phase's freed activations back to the OS before the next phase grows (host_memory)
+            release_host_memory()
         self.timings[phase].append(time.perf_counter() - start)
 
     # -- one reconstruction step -------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from mf_model.config import MotionModuleConfig
-from mf_model.layers import Attention, FeedForward
+from mf_model.frozen_grad import input_grad_only, recomputed
+from mf_model.layers import Attention, FeedForward, FrozenConv2d
 
 
 class TemporalBasicTransformerBlock(nn.Module):
@@ -33,11 +34,11 @@ class Transformer3DModel(nn.Module):
     def __init__(self, channels: int, heads: int, cross_attention_dim: int, norm_num_groups: int):
         super().__init__()
         self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6, affine=True)
-        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.proj_in = FrozenConv2d(channels, channels, 1)
         self.transformer_blocks = nn.ModuleList(
             [TemporalBasicTransformerBlock(channels, heads, channels // heads, cross_attention_dim)]
         )
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.proj_out = FrozenConv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: (B*F, C, H, W); context: (B*F, T, D), row b*F+f conditions frame f of video b."""
@@ -106,8 +107,17 @@ class TemporalTransformerBlock(nn.Module):
 
     def forward(self, x, frames):
         for attn, norm in zip(self.attention_blocks, self.norms):
-            x = attn.forward_frames(norm(x), frames) + x
+            if input_grad_only(x, *attn.parameters(), *norm.parameters()):
+                # recorded for an input gradient: keep only x; its norm, q, k, v and attention output (5× x's
+                # size) are recomputed in the backward (the temporal attention over F frames is cheap)
+                x = recomputed(lambda y, a=attn, n=norm: self._attend(a, n, y, frames), x) + x
+            else:
+                x = self._attend(attn, norm, x, frames) + x
         return self.ff(self.ff_norm(x)) + x
+
+    @staticmethod
+    def _attend(attn: VersatileAttention, norm: nn.LayerNorm, x: torch.Tensor, frames: int) -> torch.Tensor:
+        return attn.forward_frames(norm(x), frames)
 
 
 class TemporalTransformer3DModel(nn.Module):

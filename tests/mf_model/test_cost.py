@@ -98,7 +98,7 @@ def test_checkpointing_is_optional_and_off_by_default_on_cpu(tiny):
 
 def test_guidance_graph_estimate_matches_a_real_forward(tiny):
     """The meta-device estimate that decides checkpointing counts what a fused-attention run saves (no attention
-    matrices) and each storage once; a real CPU forward (fused attention too) saves the same bytes."""
+    matrices), each storage once and no weights; a real CPU forward (fused attention too) saves the same bytes."""
     from mf_model.cost import guidance_graph_bytes, meta_inputs
 
     shape = (1, 4, 4, 16, 16)  # 256 tokens per frame: an attention matrix would dominate the count
@@ -106,9 +106,11 @@ def test_guidance_graph_estimate_matches_a_real_forward(tiny):
     x, clip, pose = (torch.zeros(t.shape) for t in (x, clip, pose))
     app = [torch.zeros(t.shape) for t in app]
     seen = {}
+    weights = {p.untyped_storage().data_ptr() for p in tiny.unet.parameters()}  # held anyway: not counted
 
     def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     was, tiny.unet.gradient_checkpointing = tiny.unet.gradient_checkpointing, False  # an earlier edit may set it
