@@ -4,7 +4,10 @@
     python benchmarks/model_calls_ab.py --other /tmp/mf-before --rounds 2
 
 Each arm is a fresh process (sd15 sizes, random weights, fp32, one thread by default) that builds the model, then
-edits one synthetic window with ``steps=1``: one reconstruction forward, one CFG editing forward and one guidance call.
+edits one synthetic window with ``steps=2``: two reconstruction forwards, a CFG editing forward and a guidance call at
+the guided step 0, and a plain CFG editing forward at step 1 (no guidance; ``--steps 1`` leaves it out). Where the
+guidance takes its edit features from the CFG forward, the guided step's CFG forward records them (with their graph)
+and costs more than a plain one: compare the sum of the two calls at a guided step as well as each call.
 Arms run in the order other, this, this+checkpointing, other, ... so that drift of the machine hits all of them alike.
 Prints per arm and round: build time, resident RSS after the build, the three call times and the peak RSS, then the
 medians per arm. Figures depend on the machine and on what else runs on it; nothing here is tuned on any data.
@@ -22,6 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 THIS_TREE = os.path.dirname(HERE)
 PHASES = ("reconstruction_forward", "edit_forward", "guidance")
+COLUMNS = ("reconstruction_forward", "edit_forward", "edit_forward_plain", "guidance", "guided_step")
 
 
 def inner(args) -> int:
@@ -42,14 +46,18 @@ def inner(args) -> int:
     model = load_model(preset_name=args.preset, dtype="fp32", device="cpu")
     build_s = time.perf_counter() - t0
     resident = rss_gib()
-    opts = {"steps": 1, "cfg": 3.5, "seed": 0, "camera": False}
+    opts = {"steps": args.steps, "cfg": 3.5, "seed": 0, "camera": False}
     if args.checkpointing is not None:
         opts["guidance_checkpointing"] = args.checkpointing == "on"
     res = model.edit(synthetic_window(args.frames, args.size, args.size), EditOptions(**opts))
     row = {"build_s": build_s, "resident_gib": resident,
            "peak_gib": peak_rss_gib()}
+    timings = res.info["timings"]
     for phase in PHASES:
-        row[phase] = float(res.info["timings"][phase][0])
+        row[phase] = float(timings[phase][0])  # step 0: a guided step
+    # step 1 (steps >= 2) runs a CFG forward without guidance; nan where not run
+    row["edit_forward_plain"] = float(timings["edit_forward"][1]) if len(timings["edit_forward"]) > 1 else float("nan")
+    row["guided_step"] = row["edit_forward"] + row["guidance"]
     row["code"] = os.path.dirname(os.path.dirname(os.path.realpath(mf_model.__file__)))
     print("ROW " + json.dumps(row), flush=True)
     return 0
@@ -57,7 +65,8 @@ def inner(args) -> int:
 
 def run_arm(args, tree: str, checkpointing: str | None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--inner", "--tree", tree, "--preset", args.preset,
-           "--frames", str(args.frames), "--size", str(args.size), "--threads", str(args.threads)]
+           "--frames", str(args.frames), "--size", str(args.size), "--threads", str(args.threads),
+           "--steps", str(args.steps)]
     if checkpointing:
         cmd += ["--checkpointing", checkpointing]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -75,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=2, choices=[1, 2],
+                    help="2 (default) also times a plain CFG forward at step 1; 1 times the guided step alone")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=THIS_TREE, help=argparse.SUPPRESS)
     ap.add_argument("--checkpointing", choices=["on", "off"], help=argparse.SUPPRESS)
@@ -84,9 +95,10 @@ def main(argv=None) -> int:
     arms = ([("before", args.other, None)] if args.other else []) + [
         ("this", THIS_TREE, "off"), ("this+checkpointing", THIS_TREE, "on")]
     print(f"config: preset={args.preset} frames={args.frames} size={args.size}² fp32 cpu threads={args.threads} "
-          f"steps=1 (one call of each phase); arms: {', '.join(a[0] for a in arms)}", flush=True)
+          f"steps={args.steps} (timed: step 0, guided; edit_forward_plain: step 1); "
+          f"arms: {', '.join(a[0] for a in arms)}", flush=True)
     results: dict[str, list[dict]] = {a[0]: [] for a in arms}
-    cols = ("build_s", "resident_gib", *PHASES, "peak_gib")
+    cols = ("build_s", "resident_gib", *COLUMNS, "peak_gib")
     print("round arm                   " + " ".join(f"{c:>22}" for c in cols), flush=True)
     for r in range(args.rounds):
         for name, tree, ckpt in arms:

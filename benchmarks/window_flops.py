@@ -9,8 +9,9 @@ checkpointing: the CPU default; the guidance's edit features are the CFG forward
 with their graph, except at camera steps whose CFG forward injects K/V), ``ours+ckpt`` (with it, what CUDA picks
 when memory is short), ``before`` (the earliest code: reference features recomputed, checkpointing on, two
 separate input-gradient calls, full one-token cross-attention) and ``official`` (the release as spec §9.1
-describes it). ``ours`` computes the one-token cross-attention as ``to_out(to_v(token))`` (exact: one key's
-softmax weight is 1); ``before`` and ``official`` are counted with the full attention (``full_cross_attention``).
+describes it); both predate our frozen-weight autograd (``mf_model.frozen_grad``) and are counted without it.
+``ours`` computes the one-token cross-attention as ``to_out(to_v(token))`` (exact: one key's softmax weight is 1);
+``before`` and ``official`` are counted with the full attention (``full_cross_attention``).
 Spec §9.1 estimates ≈3.7×10¹⁵ MAC per official window.
 """
 from __future__ import annotations
@@ -88,9 +89,16 @@ class PhaseCounter:
             return count_macs(lambda: self._truncated(self.x))
 
     def guidance_backward(self, mode: str) -> int:
-        """MACs of a guidance call beyond its one edit-latent forward: backward(s) (+ recomputation)."""
+        """MACs of a guidance call beyond its one edit-latent forward: backward(s) (+ recomputation). ``ours`` and
+        ``ours+ckpt`` run our frozen-weight autograd (``mf_model.frozen_grad``: the GEGLU projection and the temporal
+        attention recomputed in the backward); ``plain`` (the official) and ``before`` predate it, so they are
+        counted with weights marked as requiring grad, which turns it off (``autograd.grad`` with respect to the
+        latent still computes no weight gradient)."""
         from mf_model.guidance import _input_gradients
-        self.unet.gradient_checkpointing = mode != "ours"
+        self.unet.gradient_checkpointing = mode in ("ours+ckpt", "before")
+        plain = mode in ("plain", "before")
+        for p in self.unet.parameters():
+            p.requires_grad_(plain)
 
         def run():
             with torch.enable_grad():
@@ -107,6 +115,8 @@ class PhaseCounter:
             return count_macs(run) - self.truncated_forward()
         finally:
             self.unet.gradient_checkpointing = False
+            for p in self.unet.parameters():
+                p.requires_grad_(False)
 
     def vae_decode_frame(self) -> int:
         from mf_model.vae_decoder import VaeDecoder
@@ -168,7 +178,8 @@ def one_calls(pc: PhaseCounter) -> dict:
     pocrt, rectr = pc.controllers()
     return {"full_b1": pc.unet_call(1), "full_b2": pc.unet_call(2), "full_b2_cam": pc.unet_call(2, camera=True),
             "trunc": pc.truncated_forward(), "bwd_ours": pc.guidance_backward("ours"),
-            "bwd_ckpt": pc.guidance_backward("ours+ckpt"), "bwd_before": pc.guidance_backward("before"),
+            "bwd_ckpt": pc.guidance_backward("ours+ckpt"), "bwd_plain": pc.guidance_backward("plain"),
+            "bwd_before": pc.guidance_backward("before"),
             "vae": pc.vae_decode_frame(), "clip": pc.clip_frames(), "poctr": pocrt, "rectr": rectr}
 
 
@@ -181,7 +192,7 @@ def phase_table(c: dict, n: PlanCounts, frames: int, camera: bool, variant: str)
     own_fwd = (n.guidance_camera if camera else 0) if variant in ("ours", "ours+ckpt") else n.guidance
     calls_fwd = own_fwd * c["trunc"] + (0 if variant in ("ours", "ours+ckpt") else n.guidance * c["trunc"])
     g_bwd = {"ours": c["bwd_ours"], "ours+ckpt": c["bwd_ckpt"], "before": c["bwd_before"],
-             "official": c["bwd_ours"]}[variant]
+             "official": c["bwd_plain"]}[variant]
     replays = n.replays + (n.replay_steps if official else 0)
     unet_calls = n.rec + n.cfg + replays + (2 * n.guidance if official else 0)
     return {
@@ -226,7 +237,7 @@ def report(frames: int, size: int, steps: int, overlaps: dict) -> dict:
     before = (2 * cf["trunc"] + cf["bwd_before"]) / 1e9
     print(f"\nguidance call (GMAC; ours: its edit forward is the CFG forward's, and with camera K/V injected "
           f"+{c['trunc'] / 1e9:.0f}): without checkpointing {g['bwd_ours']:.0f}, with {g['bwd_ckpt']:.0f}, "
-          f"before {before:.0f}, official {(2 * cf['trunc'] + cf['bwd_ours']) / 1e9:.0f}")
+          f"before {before:.0f}, official {(2 * cf['trunc'] + cf['bwd_plain']) / 1e9:.0f}")
     return {"calls": c, "plan": n, "totals": totals}
 
 

@@ -1,5 +1,6 @@
 """No redundant work, outputs unchanged: shared reference features, one batched input-gradient, optional
 checkpointing; the MAC count's step plan; the GPU suite's CPU dry run."""
+import math
 import os
 import re
 import subprocess
@@ -136,6 +137,10 @@ def test_window_flops_plan_and_ordering():
     calls = one_calls(PhaseCounter(2, 64))
     assert calls["full_b2"] == 2 * calls["full_b1"] < calls["full_b2_cam"]
     assert calls["trunc"] < calls["full_b1"] and calls["bwd_ours"] < calls["bwd_ckpt"] < calls["bwd_before"]
+    # the official's plain autograd: no frozen-weight recomputation (GEGLU projection, temporal attention), no
+    # weight gradients, and the shared meta UNet is left frozen for the next count
+    assert calls["bwd_plain"] < calls["bwd_ours"]
+    assert not any(p.requires_grad for p in PhaseCounter(2, 64).unet.parameters())
     tot = {v: sum(phase_table(calls, n, 2, False, v).values()) for v in ("ours", "ours+ckpt", "before")}
     assert tot["ours"] < tot["ours+ckpt"] < tot["before"]
 
@@ -179,6 +184,11 @@ def test_model_calls_ab_times_each_arm_from_its_own_checkout(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("    0 ")]
     assert [r.split()[1] for r in rows] == ["before", "this", "this+checkpointing"]
     assert rows[0].endswith(f"({other})") and rows[1].endswith(f"({REPO})")
+    # build, resident, reconstruction, CFG at the guided step, plain CFG (step 1), guidance, their sum, peak
+    for row in rows:
+        values = [float(v) for v in row.split()[2:-1]]
+        assert len(values) == 8 and all(math.isfinite(v) and v > 0 for v in values), row
+        assert values[6] == pytest.approx(values[3] + values[5], abs=0.02)
 
 
 def test_every_weight_is_used_and_held_once(tiny):
