@@ -5,7 +5,9 @@
 
 Each arm is a fresh process (sd15 sizes, random weights, fp32, one thread by default) that builds the model, then
 edits one synthetic window with ``steps=2``: two reconstruction forwards, a CFG editing forward and a guidance call at
-the guided step 0, and a plain CFG editing forward at step 1 (no guidance; ``--steps 1`` leaves it out). Where the
+the guided step 0, and a plain CFG editing forward at step 1 (no guidance; ``--steps 1`` leaves it out). The first
+call of each kind also pays first-call costs (allocations, kernel set-up: 5-6 s for a CFG forward on one thread);
+``--steps 4`` times step 1 (guided) and step 3 (plain) instead, each after a step of its own kind. Where the
 guidance takes its edit features from the CFG forward, the guided step's CFG forward records them (with their graph)
 and costs more than a plain one: compare the sum of the two calls at a guided step as well as each call.
 Arms run in the order other, this, this+checkpointing, other, ... so that drift of the machine hits all of them alike.
@@ -52,15 +54,28 @@ def inner(args) -> int:
     res = model.edit(synthetic_window(args.frames, args.size, args.size), EditOptions(**opts))
     row = {"build_s": build_s, "resident_gib": resident,
            "peak_gib": peak_rss_gib()}
-    timings = res.info["timings"]
-    for phase in PHASES:
-        row[phase] = float(timings[phase][0])  # step 0: a guided step
-    # step 1 (steps >= 2) runs a CFG forward without guidance; nan where not run
-    row["edit_forward_plain"] = float(timings["edit_forward"][1]) if len(timings["edit_forward"]) > 1 else float("nan")
-    row["guided_step"] = row["edit_forward"] + row["guidance"]
+    row.update(step_times(res.info["timings"], args.steps))
     row["code"] = os.path.dirname(os.path.dirname(os.path.realpath(mf_model.__file__)))
     print("ROW " + json.dumps(row), flush=True)
     return 0
+
+
+def step_times(timings: dict, steps: int) -> dict:
+    """Call times of the last guided step and of the last step without guidance (nan where there is none). The
+    plans of these step counts run one CFG forward per step (no replays): call k of a phase is step k's, and
+    guidance call k the k-th guided step's."""
+    from mf_model.schedule import StepPlan
+
+    plan = StepPlan(steps)
+    guided = [i for i in range(steps) if plan.guidance(i)]
+    plain = [i for i in range(steps) if not plan.guidance(i)]
+    g = guided[-1]
+    row = {"reconstruction_forward": float(timings["reconstruction_forward"][g]),
+           "edit_forward": float(timings["edit_forward"][g]),
+           "guidance": float(timings["guidance"][len(guided) - 1]),
+           "edit_forward_plain": float(timings["edit_forward"][plain[-1]]) if plain else float("nan")}
+    row["guided_step"] = row["edit_forward"] + row["guidance"]
+    return row
 
 
 def run_arm(args, tree: str, checkpointing: str | None) -> dict:
@@ -84,8 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=2, choices=[1, 2],
-                    help="2 (default) also times a plain CFG forward at step 1; 1 times the guided step alone")
+    ap.add_argument("--steps", type=int, default=2, choices=[1, 2, 4],
+                    help="2 (default): guided step 0 and plain step 1; 4: steps 1 and 3, each after a step of the "
+                         "same kind (no first-call costs); 1: the guided step alone")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=THIS_TREE, help=argparse.SUPPRESS)
     ap.add_argument("--checkpointing", choices=["on", "off"], help=argparse.SUPPRESS)
@@ -95,7 +111,7 @@ def main(argv=None) -> int:
     arms = ([("before", args.other, None)] if args.other else []) + [
         ("this", THIS_TREE, "off"), ("this+checkpointing", THIS_TREE, "on")]
     print(f"config: preset={args.preset} frames={args.frames} size={args.size}² fp32 cpu threads={args.threads} "
-          f"steps={args.steps} (timed: step 0, guided; edit_forward_plain: step 1); "
+          f"steps={args.steps} (timed: the last guided step; edit_forward_plain: the last step without guidance); "
           f"arms: {', '.join(a[0] for a in arms)}", flush=True)
     results: dict[str, list[dict]] = {a[0]: [] for a in arms}
     cols = ("build_s", "resident_gib", *COLUMNS, "peak_gib")

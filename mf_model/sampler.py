@@ -20,7 +20,7 @@ import torch
 from mf_model.camera import KVBank, camera_mode
 from mf_model.cost import guidance_graph_bytes
 from mf_model.guidance import GuidanceMasks, GuidanceWeights, score_guidance
-from mf_model.host_memory import release_host_memory
+from mf_model.host_memory import release_host_memory, reuse_freed_blocks
 from mf_model.noise import NoiseProvider
 from mf_model.schedule import Schedule
 from mf_model.unet import UNet3DConditionModel
@@ -203,6 +203,8 @@ class TwoBranchSampler:
                          if self.camera and self.sched.plan.camera(i) else None)
         x_rec, x = x_t, x_t
         self.estimator.gradient_checkpointing = self.use_checkpointing(c.latent_shape)
+        if not x_t.is_cuda:
+            reuse_freed_blocks()  # large CPU tensors reuse freed heap blocks within a phase (host_memory)
         if lockstep:
             for i in range(steps):
                 bank = cam(i)
