@@ -16,6 +16,7 @@ from mf_model import loading
 from mf_model.config import RANDOM_WEIGHTS_TAG, ModelConfig, PoseGuiderConfig, UNetConfig, preset
 from mf_model.controllers import PoseGuider
 from mf_model.guidance import GuidanceWeights
+from mf_model.host_memory import release_host_memory
 from mf_model.image_encoder import ClipImageEncoder
 from mf_model.layers import UNRUN_SUFFIXES, drop_unrun_projections
 from mf_model.noise import FrameIndexedNoise, NoiseProvider
@@ -369,6 +370,8 @@ class MotionFollower:
             result.frames = _to_uint8(self.decode(x))
             if reconstruction:
                 result.reconstruction = _to_uint8(self.decode(x_rec))
+        if not x.is_cuda:  # the decode's freed blocks too, as after each sampler phase (host_memory)
+            release_host_memory()
         result.seconds = time.perf_counter() - start
         return result
 
