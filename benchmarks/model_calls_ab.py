@@ -26,7 +26,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 THIS_TREE = os.path.dirname(HERE)
-PHASES = ("reconstruction_forward", "edit_forward", "guidance")
 COLUMNS = ("reconstruction_forward", "edit_forward", "edit_forward_plain", "guidance", "guided_step")
 
 

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = r"""
 import sys
 import torch
+from benchmarks.model_window import rss_gib
 from mf_model.host_memory import release_host_memory, reuse_freed_blocks
 
 def big_maps():
@@ -23,18 +24,15 @@ def big_maps():
             n += 1
     return n
 
-def rss():
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) * 1024
-
 if sys.argv[1] == "reuse":
     assert reuse_freed_blocks()
 before = big_maps()
 t = torch.ones(64 << 20)  # 256 MiB
 added = big_maps() - before
 del t
-held = rss()
+held = rss_gib()
 release_host_memory()
-print(added, (held - rss()) >> 20)
+print(added, int((held - rss_gib()) * 1024))
 """
 
 
