@@ -109,3 +109,15 @@ def test_ground_alignment_keeps_feet_and_scales_uniformly():
     fx = body[0, [8, 11], 0].mean()
     np.testing.assert_allclose(out[10, 1], 400, atol=1e-3)  # feet stay on the floor
     np.testing.assert_allclose(out[:, 0], fx + 1.5 * (body[0, :, 0] - fx), atol=1e-3)
+
+
+def test_shrunk_mask_of_a_person_cut_by_the_top_edge_ends_below_it():
+    from pipelines.conditioning.masks import similarity_mask
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 24:40] = 255  # a person from the top edge to the bottom edge
+    out = similarity_mask(mask, 0.5, 32.0, 63.0)
+    rows = np.nonzero((out > 127).any(1))[0]
+    assert rows[0] == pytest.approx(32, abs=1) and rows[-1] == 63  # shrunk about the bottom-centre, nothing above
+    cols = np.nonzero((out > 127).any(0))[0]
+    assert cols[0] == pytest.approx(28, abs=1) and cols[-1] == pytest.approx(35, abs=1)

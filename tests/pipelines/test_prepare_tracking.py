@@ -14,7 +14,14 @@ from pipelines import conditioning as P
 from pipelines import media as M
 from pipelines.conditioning.poses import mediapipe_backend as MB
 from pipelines.conditioning.poses.keypoints import FLAG_INTERPOLATED, FLAG_MISSING, PoseTrack
-from pipelines.conditioning.poses.tracking import choose_person, fill_gaps, smooth
+from pipelines.conditioning.poses.tracking import (
+    SMOOTH_BETA,
+    SMOOTH_MIN_CUTOFF,
+    OneEuro,
+    choose_person,
+    fill_gaps,
+    smooth,
+)
 from pipelines.conditioning.render import decode_pose_image
 
 
@@ -75,11 +82,26 @@ def test_one_euro_smoothing_removes_jitter_and_follows_motion():
     out = smooth(track)
     err = lambda b: float(np.abs(b[10:, :, :2] - truth[10:, :, :2]).mean())  # noqa: E731
     assert err(out.body) < 0.75 * err(noisy)
-    # invisible stretches are left alone and restart the filter
+    # invisible stretches are left alone and restart the filter: what lies before one does not reach past it
     noisy[60:65, 3, 2] = 0.0
     out = smooth(PoseTrack(noisy, np.zeros((n, 2, 21, 3)), np.zeros(n), (512, 512), fps))
     np.testing.assert_array_equal(out.body[60:65, 3], noisy[60:65, 3])
-    np.testing.assert_array_equal(out.body[65, 3, :2], noisy[65, 3, :2])
+    moved = noisy.copy()
+    moved[:60, 3, :2] += 50.0
+    again = smooth(PoseTrack(moved, np.zeros((n, 2, 21, 3)), np.zeros(n), (512, 512), fps))
+    np.testing.assert_array_equal(again.body[65:, 3], out.body[65:, 3])
+
+
+def test_smoothing_does_not_lag_a_moving_joint():
+    # 8 fps, a joint moving 12 px per frame: one-way smoothing trails it; both ways it stays on the track
+    n, fps = 24, 8.0
+    truth = np.stack([_person(100 + 12.0 * t, 250, 40) for t in range(n)])
+    track = PoseTrack(truth.copy(), np.zeros((n, 2, 21, 3)), np.zeros(n), (512, 512), fps)
+    out = smooth(track)
+    forward = OneEuro(fps, SMOOTH_MIN_CUTOFF, SMOOTH_BETA)(truth[:, 3, :2], np.ones(n, bool))
+    lag = lambda b: float(np.abs(b[3:-3, 0] - truth[3:-3, 3, 0]).mean())  # noqa: E731
+    assert lag(forward) > 1.0
+    assert lag(out.body[:, 3]) < 0.1 * lag(forward)
 
 
 # -- MediaPipe mapping: mirror test and joint definitions ------------------------------------------------------
