@@ -65,7 +65,8 @@ def run_case(case: Path) -> dict:
     d_track, d_masks = P.extract_poses(d_frames, fps=d_info.fps, with_masks=True)
     transform = P.compute_alignment(s_track, d_track, source_masks=s_masks, driving_masks=d_masks)
     aligned = P.apply_alignment(d_track, transform, s_masks, d_masks)
-    pred = P.aligned_masks(d_masks, d_track.body, transform, s_masks)
+    pred = P.aligned_masks(d_masks, d_track.body, transform, s_masks, source_body=s_track.body,
+                           target_body=aligned.body)
     ref_tgt = np.stack([decode_pose_image(im) for im in _load(case / "target_poses", "rgb")])
     drv_px, _ = joint_metrics(d_track.body, ref_tgt)
 

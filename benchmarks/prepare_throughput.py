@@ -133,7 +133,8 @@ def run(n_frames: int, trace: bool) -> dict:
                 d_track, d_masks = P.extract_poses(df, d_info.fps, ext, with_masks=True)
                 aligned = P.apply_alignment(d_track, transform, s_masks, d_masks)
             with sampler.stage("masks", t, traced):
-                aligned_masks(d_masks, d_track.body, transform, s_masks)
+                aligned_masks(d_masks, d_track.body, transform, s_masks, source_body=s_track.body,
+                              target_body=aligned.body)
             with sampler.stage("render", t, traced):
                 P.render_poses(s_track, 512)
                 P.render_poses(aligned, 512)

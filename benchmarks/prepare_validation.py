@@ -225,7 +225,8 @@ def run_variant(v: dict) -> dict:
     d_track, d_masks = P.extract_poses(v["drv"], fps=v["fps"], with_masks=True)
     transform = P.compute_alignment(s_track, d_track, source_masks=s_masks, driving_masks=d_masks)
     aligned = P.apply_alignment(d_track, transform, s_masks, d_masks)
-    pred = P.aligned_masks(d_masks, d_track.body, transform, s_masks)
+    pred = P.aligned_masks(d_masks, d_track.body, transform, s_masks, source_body=s_track.body,
+                           target_body=aligned.body)
     src_hand = [_hand_pixels(render_pose(b, h), b) for b, h in zip(s_track.body, s_track.hands)]
     al_hand = [_hand_pixels(render_pose(b, h), b) for b, h in zip(aligned.body, aligned.hands)]
     return {"src_pose_px": joint_metrics(s_track.body, v["gt_src_kp"])[0],

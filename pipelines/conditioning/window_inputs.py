@@ -181,7 +181,8 @@ def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driv
     if d_masks is not None:
         aligned = apply_alignment(d_track, transform, s_masks, d_masks)
         if transform.get("mode", "bones") in ("silhouette", "ground"):
-            t_masks = aligned_masks(d_masks, d_track.body, transform, s_masks)
+            t_masks = aligned_masks(d_masks, d_track.body, transform, s_masks, source_body=s_track.body,
+                                    target_body=aligned.body)
         else:
             t_masks = predicted_masks(d_masks, d_track.body, aligned.body, float(transform.get("width_ratio", 1.0)))
     else:

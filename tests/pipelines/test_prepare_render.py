@@ -121,3 +121,29 @@ def test_shrunk_mask_of_a_person_cut_by_the_top_edge_ends_below_it():
     assert rows[0] == pytest.approx(32, abs=1) and rows[-1] == 63  # shrunk about the bottom-centre, nothing above
     cols = np.nonzero((out > 127).any(0))[0]
     assert cols[0] == pytest.approx(28, abs=1) and cols[-1] == pytest.approx(35, abs=1)
+
+
+def test_predicted_mask_takes_the_source_shape_near_its_outline_only():
+    from pipelines.conditioning.masks import with_source_shape
+
+    body = np.zeros((18, 3), np.float32)  # a standing skeleton in a 256² frame
+    body[:, 2] = 1.0
+    body[:, 0] = 128 + np.where(np.isin(np.arange(18), (2, 3, 4, 8, 9, 10, 14, 16)), -12, 12)
+    body[[0, 1], 0] = 128
+    body[:, 1] = np.linspace(40, 220, 18)
+    body[[0, 14, 15, 16, 17], 1], body[1, 1] = 40, 60
+    scaled = np.zeros((256, 256), np.uint8)
+    scaled[40:230, 108:148] = 255                     # the driving outline, moved
+    wider = np.zeros_like(scaled)
+    wider[40:230, 100:156] = 255                      # the source person is broader by 8 px a side
+    out = with_source_shape(scaled, wider, body, body)
+    width = (out[130] > 127).sum()
+    assert 40 < width < 56                            # pulled toward the source's outline, not onto it
+    narrow = np.zeros_like(scaled)
+    narrow[40:230, 116:140] = 255                     # ... and inward for a slimmer source
+    assert 24 < (with_source_shape(scaled, narrow, body, body)[130] > 127).sum() < 40
+    far = scaled.copy()
+    far[40:230, 200:230] = 255                        # a source region far from the outline
+    out = with_source_shape(scaled, far, body, body)
+    assert not (out[:, 190:] > 127).any()
+    assert (with_source_shape(scaled, np.zeros_like(scaled), body, body) == scaled).all()
