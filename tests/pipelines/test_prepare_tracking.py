@@ -143,7 +143,18 @@ def test_ears_move_outward_along_eye_to_ear():
     lm[2, :2], lm[7, :2] = (0.55, 0.2), (0.60, 0.21)
     body = MB.blaze_to_openpose(lm, 512, 512)
     assert body[16, 0] < 0.40 * 512 and body[17, 0] > 0.60 * 512
-    np.testing.assert_allclose(body[16, 0], (0.40 + MB.EAR_EXTENSION * -0.05) * 512, atol=1e-3)
+    np.testing.assert_allclose(body[16, 0], (0.40 + MB.EAR_EXTENSION * -0.05) * 512 - 0.5, atol=1e-3)
+
+
+def test_landmarks_map_to_pixel_centres_as_drawn():
+    """A landmark at the centre of pixel (i, j) — normalised ((i + 0.5) / W, (j + 0.5) / H) — is keypoint (i, j),
+    where cv2 draws it and where the official keypoints put it; the mirrored pixel maps to W - 1 - i."""
+    lm = _blaze(np.random.default_rng(4))
+    w, h = 320, 256
+    lm[0, :2] = (100.5 / w, 40.5 / h)                                # nose at the centre of pixel (100, 40)
+    np.testing.assert_allclose(MB.blaze_to_openpose(lm, w, h)[0, :2], (100, 40), atol=1e-3)
+    np.testing.assert_allclose(MB.blaze_to_openpose(MB.unmirror_landmarks(lm), w, h)[0, :2], (w - 1 - 100, 40),
+                               atol=1e-3)
 
 
 def test_reset_keeps_the_graph_and_forgets_the_track(fixture_cases):

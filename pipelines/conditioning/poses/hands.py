@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.conditioning.poses.base import to_pixels
+
 # A hand belongs to a body wrist only when its root (hand landmark 0) lies within this fraction of the forearm
 # (elbow→wrist) length of that wrist (else of HAND_MIN_REACH px); a hand nearer the other wrist is swapped over;
 # no hand is kept for a wrist that is not visible (no hands where the body has none, e.g. above the head).
@@ -77,7 +79,8 @@ def _inside(pts: np.ndarray, w: int, h: int) -> np.ndarray:
 
 def hand_points(hl, w: int, h: int) -> np.ndarray:
     """MediaPipe hand landmarks (normalised to a w×h image) → (21, 3) pixels + inside-the-image flag."""
-    pts = np.array([(p.x * w, p.y * h) for p in hl.landmark], np.float32)
+    xs, ys = to_pixels([p.x for p in hl.landmark], [p.y for p in hl.landmark], w, h)
+    pts = np.stack([xs, ys], 1)
     return np.concatenate([pts, _inside(pts, w, h)[:, None].astype(np.float32)], 1)
 
 
