@@ -12,7 +12,8 @@ masks transformed the same way:
 * driving-only transforms: driving person smaller and off-centre (scaled about its bottom-centre, then shifted —
   the official aligned pose then moves with the driving bottom-centre), driving person larger (cut by the
   bottom edge), and a second (smaller) person pasted into the driving background (ground truth unchanged);
-* source-only: a second (smaller) person pasted into the source background (ground truth unchanged).
+* source-only: a second (smaller) person pasted into the source background (ground truth unchanged);
+* time: both videos at half the frame rate (every other frame).
 
 Columns: source pose px error, source mask IoU, aligned pose px error, predicted mask IoU, and hand F1 (source and
 aligned): the official renders' hand strokes vs ours, as pixel masks with a 4 px tolerance (hand strokes = the
@@ -171,6 +172,7 @@ def variants(d: dict) -> list[tuple[str, Geo | None, Geo | None, str]]:
         ("drv large (cut)", None, Geo(_affine(1.25, (bx, top))), ""),
         ("drv bystander", None, None, "bystander"),
         ("src bystander", None, None, "src-bystander"),
+        ("half frame rate", None, None, "half-fps"),
     ]
 
 
@@ -205,6 +207,8 @@ def build_variant(d: dict, gs: Geo | None, gd: Geo | None, extra: str) -> dict:
         v["drv"] = _with_bystander(v["drv"], d["target_masks"], d["source_images"], d["source_masks"])
     if extra == "src-bystander":  # the same in the source video, with the driving person as the bystander
         v["src"] = _with_bystander(v["src"], d["source_masks"], d["target_images"], d["target_masks"])
+    if extra == "half-fps":  # both videos at half the frame rate: every other frame (the smoothing sees larger steps)
+        v = {k: (x / 2 if k == "fps" else x[::2]) for k, x in v.items()}
     return v
 
 

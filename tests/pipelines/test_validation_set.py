@@ -40,3 +40,24 @@ def test_hand_f1():
     assert V.hand_f1(a, b) == 1.0  # frame 2: neither has hands
     b[0] = False
     assert V.hand_f1(a, b) == 0.5
+
+
+def test_half_frame_rate_keeps_every_other_frame_of_inputs_and_ground_truth():
+    n, size = 6, V.SIZE
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[:, 100:400, 200:300] = 255
+    kp = np.zeros((n, 18, 3), np.float32)
+    kp[:, :, 0] = np.arange(n)[:, None] * 10 + 50   # x = 50 + 10 t: each frame recognisable
+    kp[:, :, 1], kp[:, :, 2] = 200, 1
+    images = np.stack([np.full((size, size, 3), t, np.uint8) for t in range(n)])
+    no_hands = np.zeros((n, size, size), bool)
+    d = {"fps": 8.0, "source_images": images, "target_images": images, "source_poses_kp": kp,
+         "target_aligned_poses_kp": kp, "source_masks": masks, "target_masks": masks, "predicted_masks": masks,
+         "source_poses_hand": no_hands, "target_aligned_poses_hand": no_hands}
+    name, gs, gd, extra = [v for v in V.variants(d) if v[0] == "half frame rate"][0]
+    v = V.build_variant(d, gs, gd, extra)
+    assert v["fps"] == 4.0
+    assert len(v["src"]) == len(v["drv"]) == len(v["gt_src_kp"]) == len(v["gt_al_kp"]) == len(v["gt_pred"]) == 3
+    np.testing.assert_array_equal(v["src"][:, 0, 0, 0], [0, 2, 4])
+    np.testing.assert_allclose(v["gt_src_kp"][:, 0, 0], [50, 70, 90])
+    np.testing.assert_allclose(v["gt_al_kp"][:, 0, 0], [50, 70, 90], atol=1e-3)   # identical masks: identity rule
