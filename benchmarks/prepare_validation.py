@@ -178,6 +178,8 @@ def variants(d: dict) -> list[tuple[str, Geo | None, Geo | None, str]]:
 
 def build_variant(d: dict, gs: Geo | None, gd: Geo | None, extra: str) -> dict:
     """Transformed inputs and ground truth."""
+    if extra == "half-fps":  # both videos at half the frame rate: every other frame (the smoothing sees larger steps)
+        d = {k: (x / 2 if k == "fps" else x[::2]) for k, x in d.items()}
     ident = Geo()
     gs, gd = gs or ident, gd or ident
     v = {"fps": d["fps"]}
@@ -207,8 +209,6 @@ def build_variant(d: dict, gs: Geo | None, gd: Geo | None, extra: str) -> dict:
         v["drv"] = _with_bystander(v["drv"], d["target_masks"], d["source_images"], d["source_masks"])
     if extra == "src-bystander":  # the same in the source video, with the driving person as the bystander
         v["src"] = _with_bystander(v["src"], d["source_masks"], d["target_images"], d["target_masks"])
-    if extra == "half-fps":  # both videos at half the frame rate: every other frame (the smoothing sees larger steps)
-        v = {k: (x / 2 if k == "fps" else x[::2]) for k, x in v.items()}
     return v
 
 
