@@ -182,34 +182,21 @@ class EditAPI:
         self.active[edit_id] = ns  # held from here on (concurrent posts must not all pass the check)
         return edit_id
 
-    async def accept(self, form: Any, ns: str, edit_id: str) -> tuple[Request, list[str]]:
-        """The edit's request, inputs saved and checked (headers only, nothing decoded); and the inputs that are
-        no usable video or pose track (→ failed edit)."""
+    async def accept(self, form: Any, ns: str, edit_id: str) -> Request:
+        """The edit's request, inputs saved and checked (normalised: probed, nothing beyond the first frame
+        decoded); 422 with the reason for an input that is no usable video or pose track, or over a limit."""
         edit_dir = self.store.edit_dir(ns, edit_id)
         req = parse_edit(form, edit_id, edit_dir, self.cfg)
         inputs = await input_uris(form, edit_dir, self.cfg)
         req = with_inputs(req, inputs)
-        frames: dict[str, int] = {}
-        errors: list[str] = []
-        for label in LABELS:
-            frames[label], err = await asyncio.to_thread(check_limits, inputs[label], label, self.cfg)
-            if err:
-                errors.append(err)
-        if not errors:
-            check_cost(req, frames["source"], self.cfg)
-        return req, errors
+        frames = {label: await asyncio.to_thread(check_limits, inputs[label], label, self.cfg) for label in LABELS}
+        check_cost(req, frames["source"], self.cfg)
+        return req
 
-    def enqueue(self, ns: str, edit_id: str, req: Request, errors: list[str]) -> None:
-        """The edit's first state; a worker task unless its inputs already failed it (then its uploads go)."""
+    def enqueue(self, ns: str, edit_id: str, req: Request) -> None:
+        """The edit's first state and its worker task."""
         state = {"id": edit_id, "state": "queued", "progress": 0.0, "error": None, "created_at": time.time(),
                  "params": req.params()}
-        if errors:
-            self.store.write(ns, edit_id, {**state, "state": "failed", "error": "; ".join(errors),
-                                           "finished_at": time.time()})
-            self.store.remove_inputs(ns, edit_id)
-            self.pipeline_metrics.request_finished("failed")
-            self.active.pop(edit_id, None)
-            return
         self.store.write(ns, edit_id, state)
         task = asyncio.get_running_loop().create_task(self.run_edit(ns, edit_id, req.to_dict()))
         self._tasks.add(task)
@@ -264,12 +251,12 @@ class EditAPI:
         try:
             edit_id = self.take_slot(ns)
             try:
-                req, errors = await self.accept(form, ns, edit_id)
+                req = await self.accept(form, ns, edit_id)
             except BaseException:
                 self.active.pop(edit_id, None)
                 await asyncio.to_thread(self.store.remove, ns, edit_id)
                 raise
-            self.enqueue(ns, edit_id, req, errors)
+            self.enqueue(ns, edit_id, req)
         finally:
             await form.close()
         return JSONResponse({"id": edit_id, "status_url": f"{EDITS_PATH}/{edit_id}",

@@ -2,11 +2,13 @@
 cost cap, and the error texts a client sees.
 
 Each check answers with the HTTP error the API returns: 413 (upload too large), 403 (URI outside the allow-list),
-422 (missing input, file type not accepted, bad parameter, input over the duration/resolution/frame limits, edit
-over the cost cap). An input that is not a usable video or pose track (corrupt, a container we do not accept such
-as an HLS playlist, a variable frame rate, a pose track without a positive fps) fails the edit instead, with the
-reason. Nothing here decodes a frame: videos are checked by ffprobe (:func:`pipelines.media.probe_media`), pose
-tracks by their header (:func:`~pipelines.conditioning.poses.keypoints.pose_track_header`).
+422 (missing input, file type not accepted, bad parameter, an input that is not a usable video or pose track —
+corrupt, a still image, a container we do not accept such as an HLS playlist, a pose track without a positive fps
+— input over the duration/resolution/frame limits, edit over the cost cap): every reason is known before the
+answer, so a 202 means the inputs are usable. Videos go through the same normalisation step as the batch path
+(:func:`pipelines.media.probe_video`: the chosen stream's packets counted, bounded by the frame limit, its
+constant-rate grid and display size, its first frame decoded), pose tracks are read by their header
+(:func:`~pipelines.conditioning.poses.keypoints.pose_track_header`).
 
 Error texts never name server paths or the token namespace: they say ``source``/``driving`` and the reason
 (:func:`client_error`, :func:`scrub`).
@@ -22,14 +24,13 @@ from starlette.datastructures import FormData
 from jobs.serve.config import ServeConfig
 from pipelines.batch.requests import Request, parse_row
 from pipelines.conditioning.poses.keypoints import pose_track_header
-from pipelines.media import InputError, probe_media, storage
-from pipelines.media.video import local_video
+from pipelines.media import InputError, probe_video, storage
 from pipelines.windows.planning import plan_windows
 
 LABELS = ("source", "driving")
 REQUEST_FIELDS = ("steps", "cfg", "seed", "camera", "window", "overlap", "size", "length_policy", "preview")
 CHUNK_BYTES = 1 << 20
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp", ".png", ".apng")
 POSE_EXTS = (".parquet", ".json")
 ACCEPTED_EXTS = {"source": VIDEO_EXTS, "driving": VIDEO_EXTS + POSE_EXTS}
 COST_SIZE = 512  # the cost of an edit counts frames × steps at 512² px
@@ -191,22 +192,19 @@ def _remote_size(uri: str, label: str, cfg: ServeConfig) -> None:
         raise HTTPException(422, f"{label}: {size} bytes exceed the {cfg.max_upload_bytes} byte limit per input")
 
 
-def check_limits(uri: str, label: str, cfg: ServeConfig) -> tuple[int, Optional[str]]:
-    """``(frames, None)`` when acceptable; ``(0, error text)`` (→ failed edit) when the file is not a usable video
-    (or pose track, for the driving input). Raises 422 for duration/resolution/frames over the limits. Reads
-    headers only: ffprobe for videos, the Parquet footer / JSON header for pose tracks."""
+def check_limits(uri: str, label: str, cfg: ServeConfig) -> int:
+    """The input's frames (on its constant-rate grid) when acceptable; 422 with the reason when it is not a usable
+    video (or pose track, for the driving input) or is over the duration/resolution/frame limits."""
     try:
         if label == "driving" and uri.lower().endswith(POSE_EXTS):
             frames, fps = pose_track_header(uri)
             _over_limits(label, frames, frames / fps, cfg)
-            return frames, None
+            return frames
         _remote_size(uri, label, cfg)
-        info = probe_media(local_video(uri))
+        info = probe_video(uri, max_frames=cfg.max_frames, max_side=cfg.max_side)
     except (InputError, ValueError, OSError) as exc:
-        return 0, client_error(label, exc)
-    if max(info.width, info.height) > cfg.max_side:
+        raise HTTPException(422, client_error(label, exc)) from None
+    if max(info.media.stored_width, info.media.stored_height, info.width, info.height) > cfg.max_side:
         raise HTTPException(422, f"{label}: {info.width}x{info.height} exceeds the {cfg.max_side} px limit")
-    _over_limits(label, info.frames, info.duration or (info.frames / info.fps if info.fps else 0.0), cfg)
-    if info.frames <= 0:
-        return 0, f"{label}: no frame count or duration in the file"
-    return info.frames, None
+    _over_limits(label, info.frames, info.duration, cfg)
+    return info.frames

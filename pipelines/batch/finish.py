@@ -25,7 +25,8 @@ from pipelines.batch.results import ResultRow
 from pipelines.batch.stages import Cancel, RequestCancelled, check_cancel
 from pipelines.batch.tasks import FAILED, RequestPlan, WindowTask, error_text
 from pipelines.media import storage
-from pipelines.media.encode import VideoWriter, to_fraction
+from pipelines.media.encode import VideoWriter
+from pipelines.media.timeline import to_fraction
 from pipelines.windows.planning import Window
 from pipelines.windows.stitch import iter_stitched, side_by_side, stitch_to_writer
 
@@ -75,10 +76,9 @@ class _Resizer:
 
 
 def _audio_of(req: Request, plan: RequestPlan) -> tuple[Optional[str], float]:
-    """The source's audio from the first edited frame, unless the frame rate was changed (re-timed frames)."""
-    if plan.has_audio and (not req.fps or to_fraction(req.fps) == to_fraction(plan.source_fps)):
-        return req.source, req.frame_start / float(plan.source_fps)
-    return None, 0.0
+    """The source's audio from the first edited frame's time on (frames are sampled by time on every grid, so the
+    audio stays in sync whatever the rate)."""
+    return (req.source, plan.audio_offset) if plan.has_audio else (None, 0.0)
 
 
 def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: list[str], resize: _Resizer,
@@ -117,6 +117,8 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
     row = result_row(
         req, tasks[0].inputs, "succeeded", frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
         width=res.width, height=res.height, windows=len(tasks), seam_score=stats.seam_score,
+        source_fps=plan.source_fps, resampled=plan.resampled, rotation=plan.rotation, rescaled=plan.rescaled,
+        tone_mapped=plan.tone_mapped,
         seconds_probe=_total(tasks, "probe"), seconds_prepare=_total(tasks, "prepare"),
         seconds_edit=_total(tasks, "edit"), seconds_stitch=time.perf_counter() - t0,
         model=identity.get("model"), weights_id=identity.get("weights_id"),

@@ -51,8 +51,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mf_model.window import MAX_WINDOW_FRAMES, EditOptions
-from pipelines.conditioning.window_inputs import LENGTH_POLICIES
 from pipelines.media import storage
+from pipelines.media.timeline import LENGTH_POLICIES
 from pipelines.windows import ids
 from pipelines.windows.planning import DEFAULT_OVERLAP, DEFAULT_WINDOW
 

@@ -5,6 +5,9 @@
 ``request_id`` · ``status`` (``succeeded`` | ``failed`` | ``skipped``; skipped = already finished by an earlier run)
 · ``error`` (null unless failed) · ``source`` · ``driving`` · ``output_uri`` · ``preview_uri`` · ``frames`` (frames
 written) · ``fps`` (float) · ``fps_rational`` (exact, ``"30000/1001"``) · ``width`` · ``height`` · ``windows`` ·
+``source_fps`` (the source's nominal rate) · ``resampled`` (its frames were resampled onto the output rate: a
+variable-rate source, or a request's ``fps``) · ``rotation`` (display rotation applied, clockwise degrees) ·
+``rescaled`` (non-square pixels made square) · ``tone_mapped`` (HDR source tone-mapped to SDR) ·
 ``seam_score`` (see :mod:`pipelines.windows.stitch`) · ``seconds_probe`` · ``seconds_prepare`` · ``seconds_edit`` ·
 ``seconds_stitch`` · ``seconds_total`` · ``model`` (preset/architecture) · ``weights_id`` (hash of the weights) ·
 ``params_json`` (canonical JSON of the request's parameters) · ``source_identity`` / ``driving_identity`` (content
@@ -45,6 +48,11 @@ RESULT_SCHEMA = pa.schema([
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("windows", pa.int32()),
+    pa.field("source_fps", pa.float64()),
+    pa.field("resampled", pa.bool_()),
+    pa.field("rotation", pa.int32()),
+    pa.field("rescaled", pa.bool_()),
+    pa.field("tone_mapped", pa.bool_()),
     pa.field("seam_score", pa.float64()),
     pa.field("seconds_probe", pa.float64()),
     pa.field("seconds_prepare", pa.float64()),
@@ -81,6 +89,11 @@ class ResultRow:
     width: Optional[int] = None
     height: Optional[int] = None
     windows: Optional[int] = None
+    source_fps: Optional[float] = None
+    resampled: Optional[bool] = None
+    rotation: Optional[int] = None
+    rescaled: Optional[bool] = None
+    tone_mapped: Optional[bool] = None
     seam_score: Optional[float] = None
     seconds_probe: Optional[float] = None
     seconds_prepare: Optional[float] = None

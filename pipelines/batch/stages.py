@@ -33,7 +33,7 @@ from pipelines.batch.tasks import PENDING, SKIPPED, SUCCEEDED, RequestPlan, Stag
 from pipelines.conditioning import driving_index_map, prepare_window, read_pose_track, reference_alignment
 from pipelines.conditioning.window_inputs import MODEL_INPUTS
 from pipelines.media import fit_geometry, probe_video, storage
-from pipelines.media.encode import fraction_str, to_fraction
+from pipelines.media.timeline import fraction_str, slot_time
 from pipelines.windows.planning import plan_windows, window_id
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,9 @@ class Conditioner:
         self.pose_backend = pose_backend
         self.fit_mode = fit_mode
 
-    def probe(self, uri: str):
-        return probe_video(uri)
+    def probe(self, uri: str, fps=None):
+        """The source on its grid: the stream's nominal rate, or the request's ``fps`` (resampled by time)."""
+        return probe_video(uri, fps=fps)
 
     def driving(self, uri: str):
         """A pose track (read once) or the driving video's probe."""
@@ -78,8 +79,11 @@ class Conditioner:
 
     def window_arrays(self, task: WindowTask) -> dict[str, np.ndarray]:
         req = task.request
+        driving = self.driving(req.driving)
         return prepare_window(req.source, req.driving, task.source_indices, task.driving_indices,
-                              task.plan.transform, req.size, self.fit_mode, self.pose_backend, keys=MODEL_INPUTS)
+                              task.plan.transform, req.size, self.fit_mode, self.pose_backend,
+                              source_info=self.probe(req.source, req.fps),
+                              driving_info=driving if hasattr(driving, "kind") else None, keys=MODEL_INPUTS)
 
 
 def conditioner_for(cfg: RunConfig) -> Conditioner:
@@ -89,7 +93,7 @@ def conditioner_for(cfg: RunConfig) -> Conditioner:
 # ------------------------------------------------------------------------------------------------ plan
 
 def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan, list[int], list[int]]:
-    s_info = cond.probe(req.source)
+    s_info = cond.probe(req.source, req.fps)
     driving = cond.driving(req.driving)
     start = min(req.frame_start, s_info.frames)
     stop = s_info.frames if req.frame_end is None else min(req.frame_end, s_info.frames)
@@ -101,9 +105,14 @@ def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan,
         raise ValueError("no output frames (empty driving motion?)")
     src_idx = [start + k for k in range(n)]
     transform = cond.alignment(req, src_idx, dmap, s_info, driving)
-    fps = to_fraction(req.fps) if req.fps else to_fraction(s_info.fps)
-    plan = RequestPlan(frames=n, fps=fraction_str(fps), source_fps=float(s_info.fps),
+    media = getattr(s_info, "media", None)
+    timeline = getattr(s_info, "timeline", None)
+    plan = RequestPlan(frames=n, fps=fraction_str(s_info.rate), source_fps=media.fps if media else float(s_info.fps),
                        has_audio=bool(getattr(s_info, "has_audio", False)),
+                       audio_offset=slot_time(timeline, start) if timeline is not None else 0.0,
+                       resampled=bool(getattr(s_info, "resampled", False)),
+                       rotation=int(getattr(s_info, "rotation", 0)), rescaled=bool(getattr(s_info, "rescaled", False)),
+                       tone_mapped=bool(getattr(s_info, "tone_mapped", False)),
                        geometry=fit_geometry((s_info.height, s_info.width), req.size, cfg.processing.fit_mode),
                        source_hw=(int(s_info.height), int(s_info.width)), transform=transform)
     return plan, src_idx, dmap

@@ -39,6 +39,8 @@ _TRANSFORM_TYPE = pa.struct([
 ])
 _PLAN_TYPE = pa.struct([
     ("frames", pa.int64()), ("fps", pa.string()), ("source_fps", pa.float64()), ("has_audio", pa.bool_()),
+    ("audio_offset", pa.float64()), ("resampled", pa.bool_()), ("rotation", pa.int64()), ("rescaled", pa.bool_()),
+    ("tone_mapped", pa.bool_()),
     ("geometry", pa.struct([("scale", pa.float64()), ("ox", pa.int64()), ("oy", pa.int64())])),
     ("source_hw", pa.list_(pa.int64())), ("transform", _TRANSFORM_TYPE),
 ])
@@ -61,12 +63,17 @@ class RequestPlan:
     """What the plan stage learns once per request."""
 
     frames: int  # output frames
-    fps: str  # output rate, exact ("30000/1001")
-    source_fps: float
+    fps: str  # output rate, exact ("30000/1001"): the grid the source is sampled on
+    source_fps: float  # the source's nominal rate
     has_audio: bool
     geometry: dict[str, Any]  # pipelines.media.geometry.fit_geometry of the source in the model frame
     source_hw: tuple[int, int]
     transform: dict[str, Any]  # pipelines.conditioning.align transform
+    audio_offset: float = 0.0  # seconds into the source file where the first output frame's audio lies
+    resampled: bool = False  # the source's stored frames did not lie on the grid (variable rate, another rate asked)
+    rotation: int = 0  # the source's display rotation, applied (clockwise degrees)
+    rescaled: bool = False  # the source's sample aspect ratio was applied (non-square pixels)
+    tone_mapped: bool = False  # the source was HDR (PQ/HLG), tone-mapped to SDR
 
     def to_row(self) -> dict[str, Any]:
         unknown = set(self.transform) - set(_TRANSFORM_TYPE.names)

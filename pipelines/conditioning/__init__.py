@@ -10,12 +10,12 @@ from pipelines.conditioning.masks import person_masks, predicted_masks
 from pipelines.conditioning.poses import PoseExtractor, PoseTrack, get_extractor, read_pose_track, write_pose_track
 from pipelines.conditioning.render import render_poses
 from pipelines.conditioning.window_inputs import (
-                                                  LENGTH_POLICIES,
                                                   driving_index_map,
                                                   extract_poses,
                                                   prepare_window,
                                                   reference_alignment,
 )
+from pipelines.media.timeline import LENGTH_POLICIES
 
 __all__ = ["LAYOUT", "LENGTH_POLICIES", "PoseExtractor", "PoseTrack", "aligned_masks", "apply_alignment",
            "compute_alignment", "driving_index_map", "extract_poses", "get_extractor", "identity_alignment",

@@ -15,7 +15,6 @@ Every bad input raises :class:`pipelines.media.errors.InputError` (a ``ValueErro
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,12 +25,12 @@ from pipelines.conditioning.poses import PoseExtractor, get_extractor
 from pipelines.conditioning.poses.keypoints import PoseTrack, read_pose_track
 from pipelines.conditioning.poses.tracking import clean_track
 from pipelines.conditioning.render import render_poses
+from pipelines.media import timeline
 from pipelines.media.errors import InputError
 from pipelines.media.video import VideoInfo, probe_video, read_fitted_frames, release_memory
 
 log = logging.getLogger(__name__)
 
-LENGTH_POLICIES = ("trim", "loop", "hold")
 MODEL_INPUTS = ("source_frames", "source_poses", "target_poses", "source_masks", "target_masks")
 
 
@@ -39,40 +38,18 @@ def as_size(size) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
 
 
-# -- timing --------------------------------------------------------------------------------------------------------
+# -- timing (the arithmetic lives in pipelines.media.timeline) ------------------------------------------------------
 
 def driving_index_map(source_info: VideoInfo, driving_info: VideoInfo | PoseTrack, policy: str = "trim",
                       frames: int | None = None) -> tuple[int, list[int]]:
-    """Resample the driving motion to the source fps and reconcile lengths.
-
-    Output frame ``k`` (at the source rate) takes driving frame ``round(k * fps_d / fps_s)``. ``policy``:
-    ``"trim"`` (default) ends at the shorter of the two; ``"loop"`` runs the whole source, looping the driving
-    motion; ``"hold"`` runs the whole source, holding the last driving frame. ``frames`` caps the output length.
-    Returns ``(num_output_frames, mapping)``.
-    """
-    if policy not in LENGTH_POLICIES:
-        raise ValueError(f"length policy must be one of {LENGTH_POLICIES}, not {policy!r}")
-    fs = float(source_info.fps or 25.0)
+    """Output frames (the source's grid) → driving frames (the driving motion's grid, a video's or a pose track's):
+    :func:`pipelines.media.timeline.driving_index_map` on the two inputs' frame counts and rates."""
+    s_rate = source_info.rate if source_info.fps else 25
     if isinstance(driving_info, PoseTrack):
-        nd, fd = len(driving_info), float(driving_info.fps or fs)
+        nd, d_rate = len(driving_info), driving_info.fps or s_rate
     else:
-        nd, fd = int(driving_info.frames), float(driving_info.fps or fs)
-    ns = int(source_info.frames)
-    if nd <= 0 or ns <= 0:
-        return 0, []
-    ratio = fd / fs
-    # number of output frames covered by the driving motion at the source rate
-    nd_out = max(1, int(math.floor((nd - 1) / ratio + 1e-9)) + 1)
-    n = min(ns, nd_out) if policy == "trim" else ns
-    if frames is not None:
-        n = min(n, int(frames))
-    mapping = []
-    for k in range(n):
-        j = int(math.floor(k * ratio + 0.5))
-        if j >= nd:
-            j = j % nd if policy == "loop" else nd - 1
-        mapping.append(j)
-    return n, mapping
+        nd, d_rate = int(driving_info.frames), driving_info.rate if driving_info.fps else s_rate
+    return timeline.driving_index_map(int(source_info.frames), s_rate, nd, d_rate, policy, frames)
 
 
 # -- poses and masks -----------------------------------------------------------------------------------------------

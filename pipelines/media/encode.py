@@ -23,51 +23,21 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import ffmpeg
 import numpy as np
 
 from pipelines.media import storage
+from pipelines.media.timeline import FpsLike, fraction_str, to_fraction
 
 log = logging.getLogger(__name__)
 
-FpsLike = Union[int, float, str, Fraction, tuple]
 MP4_COPY_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
 
 class EncodeError(RuntimeError):
     """ffmpeg failed, or the frames given cannot be encoded."""
-
-
-def to_fraction(fps: FpsLike) -> Fraction:
-    """An exact frame rate: ``"30000/1001"``, ``(30000, 1001)``, ``Fraction``, ``25`` or a float such as 29.97.
-
-    Floats are snapped to the nearest rational with a denominator up to 1001 when that is within 1e-6 (so
-    ``29.97002997`` → ``30000/1001``), else up to 1,000,000.
-    """
-    if isinstance(fps, Fraction):
-        out = fps
-    elif isinstance(fps, tuple):
-        out = Fraction(int(fps[0]), int(fps[1]))
-    elif isinstance(fps, str):
-        out = Fraction(fps.strip())
-    elif isinstance(fps, (int, np.integer)) and not isinstance(fps, bool):
-        out = Fraction(int(fps))
-    elif isinstance(fps, (float, np.floating)):
-        f = float(fps)
-        out = Fraction(f).limit_denominator(1001)
-        if abs(float(out) - f) > 1e-6:
-            out = Fraction(f).limit_denominator(1_000_000)
-    else:
-        raise EncodeError(f"cannot read a frame rate from {fps!r}")
-    if out <= 0:
-        raise EncodeError(f"frame rate must be positive, got {fps!r}")
-    return out
-
-
-def fraction_str(fps: Fraction) -> str:
-    return f"{fps.numerator}/{fps.denominator}"
 
 
 @dataclass

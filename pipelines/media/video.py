@@ -1,16 +1,23 @@
-"""Probe and decode source/driving media: video files (anything decord reads) or folders of ``frame_{i}`` images.
+"""Probe and decode source/driving media: video files (anything :mod:`pipelines.media.probe` accepts) or folders
+of ``frame_{i}`` images, always as a constant-rate sequence of upright, square-pixel RGB frames.
 
-All paths may be fsspec URIs. Every failure of a bad input surfaces as :class:`pipelines.media.errors.InputError` naming
-the file and the reason. decord raises two unrelated exception types (``RuntimeError`` and ``decord.DECORDError``);
-both are caught here.
+This is the one normalisation step every path goes through (plan, prepare, ``mf prepare``, the Serve check):
+:func:`probe_video` describes an input on its constant-rate grid (:mod:`pipelines.media.timeline`: variable rates
+resampled by presentation timestamps, a constant-rate stream untouched), in display geometry (rotation, flips and
+the sample aspect ratio applied), and :func:`iter_frames` decodes grid frames through
+:class:`pipelines.media.decode.FrameDecoder` (8-bit RGB from any depth and chroma, HDR tone-mapped). Frame indices
+everywhere above this module are grid indices.
 
-Remote video files (``s3://``, ``gs://``, ``memory://``, ...): decord needs the whole file (given a file object it
-reads it all into memory), so a remote video is downloaded once into a per-process cache of local files
-(:func:`local_video`: the newest :data:`REMOTE_CACHE_FILES` inputs, keyed by URI and content identity, so a changed
-object is fetched again) and decord and ffprobe read that copy: a worker preparing many windows of one source fetches
-it once, and audio presence is known for remote sources as for local ones. The cache lives in the system temp
-directory (``mf-video-cache-<pid>-*``), is removed at exit, and folders left by dead processes are swept.
-Frame folders are read image by image and never cached.
+All paths may be fsspec URIs. Every failure of a bad input surfaces as :class:`pipelines.media.errors.InputError`
+naming the file and the reason.
+
+Remote video files (``s3://``, ``gs://``, ``memory://``, ...): the decoder needs a seekable local file, so a remote
+video is downloaded once into a per-process cache of local files (:func:`local_video`: the newest
+:data:`REMOTE_CACHE_FILES` inputs, keyed by URI and content identity, so a changed object is fetched again): a
+worker preparing many windows of one source fetches it once. The cache lives in the system temp directory
+(``mf-video-cache-<pid>-*``), is removed at exit, and folders left by dead processes are swept. Probes are cached
+per process too (:data:`PROBE_CACHE`, keyed by URI, content identity and grid rate). Frame folders are read image
+by image and never cached.
 """
 from __future__ import annotations
 
@@ -26,62 +33,68 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
 from pipelines.media import storage
+from pipelines.media.decode import FrameDecoder
 from pipelines.media.errors import InputError
-from pipelines.media.ffprobe import probe_media
 from pipelines.media.geometry import fit_frame
+from pipelines.media.probe import MediaInfo, probe_media
+from pipelines.media.timeline import FpsLike, Timeline, to_fraction
 
 log = logging.getLogger(__name__)
 
 FRAME_RE = re.compile(r"^frame_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
 DEFAULT_FOLDER_FPS = 8.0
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 DECODE_CHUNK = 32
 FIT_CHUNK = 4  # source frames decoded at a time by read_fitted_frames
 REMOTE_CACHE_FILES = 4  # remote videos kept downloaded per process (see the module docstring)
 CACHE_PREFIX = "mf-video-cache-"
+PROBE_CACHE = 16  # probes kept per process
+SNIFF_BYTES = 4096
+STILL_IMAGE = "is a still image, not a video (give a folder of frame_{i} images for frames)"
 
 
 @dataclass
 class VideoInfo:
-    """What :func:`probe_video` learns about an input."""
+    """What :func:`probe_video` learns about an input: its constant-rate grid and display geometry."""
 
     uri: str
-    frames: int
-    fps: float
-    width: int
+    frames: int  # grid frames
+    fps: float  # the grid's rate (exactly: ``rate``)
+    width: int  # display width: upright, square pixels
     height: int
     has_audio: bool = False
     kind: str = "video"  # "video" | "folder"
     frame_files: list[str] = field(default_factory=list, repr=False)
+    timeline: Timeline | None = field(default=None, repr=False)
+    media: MediaInfo | None = field(default=None, repr=False)  # videos: the stream as probed
+
+    @property
+    def rate(self) -> Fraction:
+        return self.timeline.rate if self.timeline is not None else to_fraction(self.fps)
 
     @property
     def duration(self) -> float:
         return self.frames / self.fps if self.fps > 0 else 0.0
 
+    @property
+    def resampled(self) -> bool:
+        return bool(self.timeline is not None and self.timeline.resampled)
 
-def _decord_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [RuntimeError]
-    try:
-        import decord
+    @property
+    def rotation(self) -> int:
+        return self.media.orientation.rotation if self.media is not None else 0
 
-        errs.append(decord.DECORDError)
-    except Exception:  # noqa: BLE001 # pragma: no cover - decord always installed in this product
-        pass
-    return tuple(errs)
+    @property
+    def rescaled(self) -> bool:
+        return bool(self.media is not None and self.media.rescaled)
 
-
-def _reason_from_decord(exc: BaseException) -> str:
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    low = msg.lower()
-    if "cannot find video stream" in low or "video stream" in low:
-        return "no video stream in the file (audio-only or not a video)"
-    if "error reading" in low or "invalid data" in low:
-        return f"not a readable video (unknown format, corrupt or truncated): {msg[:200]}"
-    return f"cannot decode video: {msg[:200]}"
+    @property
+    def tone_mapped(self) -> bool:
+        return bool(self.media is not None and self.media.transfer is not None)
 
 
 def _sniff(fs, path: str, uri: str) -> bytes:
@@ -92,15 +105,17 @@ def _sniff(fs, path: str, uri: str) -> bytes:
     if size == 0:
         raise InputError(uri, "file is empty (0 bytes)")
     with fs.open(path, "rb") as f:
-        head = f.read(64)
+        head = f.read(SNIFF_BYTES)
     return head
 
 
 def _classify_header(head: bytes, uri: str) -> None:
-    """Refuse obvious non-videos early with a precise reason."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:6] in (b"GIF87a", b"GIF89a") \
-            or head[:2] == b"BM" or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        raise InputError(uri, "is a still image, not a video (give a folder of frame_{i} images for frames)")
+    """Refuse obvious non-videos early with a precise reason. GIF, APNG and animated WebP are videos; a one-frame
+    one is refused by the probe."""
+    png_still = head[:8] == b"\x89PNG\r\n\x1a\n" and b"acTL" not in head
+    webp_still = head[:4] == b"RIFF" and head[8:12] == b"WEBP" and b"ANIM" not in head
+    if png_still or webp_still or head[:3] == b"\xff\xd8\xff" or head[:2] == b"BM":
+        raise InputError(uri, STILL_IMAGE)
     if head[:3] == b"ID3" or head[:4] in (b"fLaC", b"OggS") and b"vorbis" in head or \
             (head[:4] == b"RIFF" and head[8:12] == b"WAVE"):
         raise InputError(uri, "is an audio file, not a video (no video stream)")
@@ -236,93 +251,102 @@ def local_video(uri: str) -> str:
     return _REMOTE.get(fs, path, str(uri))
 
 
-def _open_reader(uri: str, local: str | None = None):
-    """A decord.VideoReader on ``uri`` (through :func:`local_video` unless ``local`` is given)."""
-    import decord
+class _ProbeCache:
+    """Probes of video files, newest last: every window a worker prepares probes its inputs at no cost."""
 
-    local = local_video(uri) if local is None else local
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: OrderedDict[tuple, VideoInfo] = OrderedDict()
+
+    def get(self, key: tuple) -> VideoInfo | None:
+        with self.lock:
+            hit = self.items.get(key)
+            if hit is not None:
+                self.items.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple, info: VideoInfo) -> None:
+        with self.lock:
+            self.items[key] = info
+            while len(self.items) > PROBE_CACHE:
+                self.items.popitem(last=False)
+
+
+_PROBES = _ProbeCache()
+
+
+def _probe_file(uri: str, rate: FpsLike | None, max_frames: int | None, max_side: int | None) -> VideoInfo:
+    local = local_video(uri)
     try:
-        return decord.VideoReader(local, ctx=decord.cpu(0), num_threads=1)
-    except _decord_errors() as exc:
-        raise InputError(uri, _reason_from_decord(exc)) from None
+        media = probe_media(local, max_frames=max_frames, max_side=max_side)
+        timeline = media.on_grid(rate, max_frames)
+    except InputError as exc:
+        raise InputError(uri, exc.reason) from None
+    except ValueError as exc:  # a rate that is not positive, a grid over the bound
+        raise InputError(uri, str(exc)) from None
+    if media.stored_frames == 1:
+        still = media.format_name in ("gif", "apng", "webp")
+        raise InputError(uri, STILL_IMAGE if still else "holds a single frame (a still image given as a video)")
+    if media.transfer is not None:
+        log.warning("%s: HDR video (%s transfer): tone-mapped to SDR BT.709", uri, media.transfer.upper())
+    return VideoInfo(uri=uri, frames=timeline.frames, fps=float(timeline.rate), width=media.width,
+                     height=media.height, has_audio=media.has_audio, kind="video", timeline=timeline, media=media)
 
 
-def probe_video(uri: str, fps: float | None = None) -> VideoInfo:
-    """Frames, fps, size and audio presence of a video file or a ``frame_{i}`` folder.
+def probe_video(uri: str, fps: FpsLike | None = None, max_frames: int | None = None,
+                max_side: int | None = None) -> VideoInfo:
+    """Grid frames, rate, display size and audio presence of a video file or a ``frame_{i}`` folder.
 
-    ``fps`` is used for folders (default 8, the official GIF rate) and ignored for videos.
-    Raises :class:`InputError` for anything that is not a decodable video with at least one frame.
+    ``fps``: the grid's rate: for a video, its frames are resampled to it by presentation timestamps (default: the
+    stream's nominal rate); a folder's frames are taken at it (default 8, the official GIF rate). ``max_frames``
+    bounds what is counted (stored frames and grid frames), ``max_side`` the stored size (before anything is
+    decoded). Raises :class:`InputError` for anything that is not a
+    decodable video with at least two frames.
     """
     uri = str(uri)
     fs, path = storage.open_fs(uri)
     if _is_folder(fs, path):
         files = _list_frames(fs, path, uri)
         first = _load_image(fs, files[0], uri)
-        return VideoInfo(uri=uri, frames=len(files), fps=float(fps or DEFAULT_FOLDER_FPS), width=first.shape[1],
-                         height=first.shape[0], has_audio=False, kind="folder", frame_files=files)
-    local = local_video(uri)
+        rate = to_fraction(fps or DEFAULT_FOLDER_FPS)
+        return VideoInfo(uri=uri, frames=len(files), fps=float(rate), width=first.shape[1], height=first.shape[0],
+                         has_audio=False, kind="folder", frame_files=files,
+                         timeline=Timeline.constant(len(files), rate))
+    key = (uri, storage.content_identity(uri) if _exists(fs, path) else "", str(fps), max_frames, max_side)
+    hit = _PROBES.get(key)
+    if hit is None:
+        hit = _probe_file(uri, fps, max_frames, max_side)
+        _PROBES.put(key, hit)
+    return hit
+
+
+def _exists(fs, path: str) -> bool:
     try:
-        media = probe_media(local)  # container allow-list and constant rate, before any decoder opens it
-    except InputError as exc:
-        raise InputError(uri, exc.reason) from None
-    if media.codec in ("av1",):
-        # decord 0.6 bundles FFmpeg 4.1 and has no AV1 decoder: say so instead of failing obscurely.
-        raise InputError(uri, "AV1 video is not supported by the decoder; re-encode it (e.g. H.264)")
-    vr = _open_reader(uri, local)
-    errs = _decord_errors()
-    try:
-        n = len(vr)
-        if n <= 0:
-            raise InputError(uri, "video has no frames")
-        h, w = vr[0].shape[:2]
-        rate = float(vr.get_avg_fps() or 0.0)
-    except errs as exc:
-        raise InputError(uri, _reason_from_decord(exc)) from None
-    finally:
-        del vr
-    if n == 1:
-        raise InputError(uri, "holds a single frame (a still image given as a video)")
-    if not rate or not np.isfinite(rate):
-        rate = float(fps or 25.0)
-    return VideoInfo(uri=uri, frames=int(n), fps=rate, width=int(w), height=int(h), has_audio=media.has_audio,
-                     kind="video")
+        return bool(fs.exists(path))
+    except Exception:  # noqa: BLE001 - the probe then names the problem
+        return False
 
 
 def iter_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK, info: VideoInfo | None = None):
-    """Yield ``(indices_chunk, frames_chunk)`` decoding at most ``chunk`` frames at a time (memory O(chunk))."""
+    """Yield ``(indices_chunk, frames_chunk)`` of grid frames, decoding at most ``chunk`` at a time (memory
+    O(chunk)). ``info``: the input's :func:`probe_video` (its grid decides which stored frame each index shows)."""
     uri = str(uri)
     idx = [int(i) for i in indices]
     if not idx:
         return
     fs, path = storage.open_fs(uri)
-    if info is None and _is_folder(fs, path):
-        info = probe_video(uri)
-    if info is not None and info.kind == "folder":
-        for s in range(0, len(idx), chunk):
-            part = idx[s:s + chunk]
-            for i in part:
-                if not 0 <= i < info.frames:
-                    raise InputError(uri, f"frame index {i} out of range (0..{info.frames - 1})")
+    info = info or probe_video(uri)
+    for s in range(0, len(idx), chunk):
+        part = idx[s:s + chunk]
+        bad = [i for i in part if not 0 <= i < info.frames]
+        if bad:
+            raise InputError(uri, f"frame index {bad[0]} out of range (0..{info.frames - 1})")
+        if info.kind == "folder":
             yield part, np.stack([_load_image(fs, info.frame_files[i], uri) for i in part])
-        return
-    vr = _open_reader(uri)
-    errs = _decord_errors()
-    try:
-        n = len(vr)
-        for s in range(0, len(idx), chunk):
-            part = idx[s:s + chunk]
-            bad = [i for i in part if not 0 <= i < n]
-            if bad:
-                raise InputError(uri, f"frame index {bad[0]} out of range (0..{n - 1})")
-            try:
-                arr = vr.get_batch(part).asnumpy()
-            except errs as exc:
-                raise InputError(uri, f"decoding failed near frame {part[0]} (truncated or corrupt file?): "
-                                      f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") \
-                    from None
-            yield part, arr
-    finally:
-        del vr
+            continue
+        stored = info.timeline.stored_indices(part)
+        frames = FrameDecoder(local_video(uri), info.media, label=uri).read(stored)
+        yield part, np.stack([frames[j] for j in stored])
 
 
 def read_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK,

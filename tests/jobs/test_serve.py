@@ -146,14 +146,10 @@ def test_bad_parameters_and_uris(server, media):
     assert _wait(server, r.json()["id"])["state"] == "succeeded"
 
 
-def test_corrupt_video_ends_as_failed_edit(server, media):
+def test_corrupt_video_is_refused_at_submission(server, media):
     r = _post(server, media, source="corrupt")
-    assert r.status_code == 202, r.text
-    st = _wait(server, r.json()["id"])
-    assert st["state"] == "failed"
-    assert st["error"].startswith("source:"), st["error"]
-    v = requests.get(f"{server}/v1/edits/{r.json()['id']}/video", headers=_auth(), timeout=10)
-    assert v.status_code == 409
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("source: not a readable video"), r.text
 
 
 def test_load_50_clients_queue_4(server, media):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipelines.media import storage
-from pipelines.media.encode import EncodeError, VideoWriter, faststart, probe_output, to_fraction
+from pipelines.media.encode import EncodeError, VideoWriter, faststart, probe_output
+from pipelines.media.timeline import to_fraction
 from pipelines.windows.planning import crossfade_weights, plan_windows
 from pipelines.windows.stitch import (
     SeamMeter,
@@ -75,7 +76,7 @@ def test_to_fraction():
     assert str(to_fraction(29.97002997002997)) == "30000/1001"
     assert str(to_fraction(25)) == "25"
     assert str(to_fraction((24000, 1001))) == "24000/1001"
-    with pytest.raises(EncodeError):
+    with pytest.raises(ValueError, match="positive"):
         to_fraction(0)
 
 

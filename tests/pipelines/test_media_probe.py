@@ -1,5 +1,5 @@
-"""Media checked before anything decodes it: ffprobe with a container allow-list and plain files only, paths that
-can never read as options, and variable frame rates refused (pipelines.media.ffprobe)."""
+"""Media checked before anything is decoded beyond its first frame: a container allow-list and plain files only,
+paths that can never read as options, packets counted rather than headers believed (pipelines.media.probe)."""
 from __future__ import annotations
 
 import os
@@ -29,7 +29,7 @@ def cfr(tmp_path):
 def test_a_constant_rate_mp4_is_described_without_decoding(cfr):
     info = probe_media(str(cfr))
     assert (info.codec, info.width, info.height, info.fps, info.frames) == ("h264", 64, 48, 25.0, 50)
-    assert info.has_audio and not info.variable_fps and "mp4" in info.format_name
+    assert info.has_audio and not info.variable_fps and "mp4" in info.format_name and info.stored_frames == 50
     assert abs(info.duration - 2.0) < 0.1
 
 
@@ -62,14 +62,15 @@ def test_a_path_starting_with_a_dash_is_a_file_not_an_option(cfr, tmp_path, monk
 
 
 @needs_ffmpeg
-def test_a_variable_frame_rate_is_refused_with_advice(tmp_path):
+def test_a_variable_frame_rate_is_resampled_not_refused(tmp_path):
     path = tmp_path / "vfr.mp4"
     # 30 frames 1/30 s apart, then every third frame only: a phone-style rate change, timestamps kept
     _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=30:duration=4", "-vf", "select='lt(n,30)+not(mod(n,3))'",
             "-fps_mode", "passthrough", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
-    with pytest.raises(InputError, match="variable frame rate.*re-encode") as ei:
-        probe_video(str(path))
-    assert str(path) in str(ei.value)
+    info = probe_video(str(path))
+    assert info.resampled and info.fps == 30.0 and info.media.stored_frames == 60
+    assert info.frames == 120 and abs(info.duration - 4.0) < 1e-9  # the whole clip on a 30 fps grid
+    assert info.timeline.stored[28:34] == (28, 29, 30, 30, 30, 31)  # after frame 30 each stored frame is held
 
 
 @pytest.mark.parametrize("ext", ["parquet", "json"])

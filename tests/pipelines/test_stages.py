@@ -32,7 +32,7 @@ class FakeConditioner(Conditioner):
         self.fail_probe, self.fail_prepare = fail_probe, fail_prepare
         self.probed: list[str] = []
 
-    def probe(self, uri):
+    def probe(self, uri, fps=None):
         self.probed.append(uri)
         if self.fail_probe:
             raise InputError(uri, "not a video")
