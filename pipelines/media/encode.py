@@ -10,8 +10,9 @@ encoded: stream-copied when the codec fits MP4 (AAC, MP3, AC-3, E-AC-3, ALAC, Op
 otherwise, and trimmed to the video's duration. The video is never cut: no ``-shortest``; a shorter audio track
 simply ends early. A source without audio gives a video-only file.
 
-The file is encoded into a local temporary file and only committed (rename, or upload + move) to the target URI when
-:meth:`VideoWriter.close` succeeds; :meth:`VideoWriter.abort` (or an exception inside ``with``) leaves nothing.
+The file is encoded into a temporary folder beside a local target (in the system temp directory for a remote one,
+whence it is uploaded) and only committed (a rename on the target's own filesystem, or upload + move) to the target
+URI when :meth:`VideoWriter.close` succeeds; :meth:`VideoWriter.abort` (or an exception inside ``with``) leaves nothing.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import contextlib
 import logging
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -90,7 +90,7 @@ class VideoWriter:
         self._in_size: Optional[tuple[int, int]] = None  # (H, W) of the frames given
         self._out_size: Optional[tuple[int, int]] = None  # (H, W) encoded (even)
         self._proc: Optional[subprocess.Popen] = None
-        self._tmpdir = tempfile.mkdtemp(prefix="mf-enc-")
+        self._tmpdir = storage.scratch_dir(self.uri, "enc")  # beside a local target: the commit is a rename
         self._video_tmp = os.path.join(self._tmpdir, "video.mp4")
         self._stderr = open(os.path.join(self._tmpdir, "ffmpeg.log"), "w+b")
         self._closed = False

@@ -213,6 +213,18 @@ def atomic_local_file(uri: str, suffix: str = "") -> Iterator[str]:
             os.unlink(tmp)
 
 
+def scratch_dir(uri: str, tag: str = "work") -> str:
+    """A new empty local folder for the files a tool writes on its way to ``uri``: beside the target when the
+    target is local (so committing them is a rename on one filesystem, whatever disk ``uri`` is on), in the system
+    temp directory otherwise (they are uploaded from there). The caller removes it."""
+    fs, path = open_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{tag}-", dir=d)
+    return tempfile.mkdtemp(prefix=f"mf-{tag}-")
+
+
 @contextlib.contextmanager
 def local_copy(uri: str, suffix: str | None = None) -> Iterator[str]:
     """A local path holding the content of ``uri`` (the file itself when local, else a temporary download)."""

@@ -199,8 +199,9 @@ def test_aws_endpoint_variable_reaches_s3fs(s3_env, s3_inputs):
 
 
 def test_remote_video_is_fetched_once_and_again_when_it_changes(s3, s3_env, s3_inputs, monkeypatch):
-    """The decoder needs a seekable local file: a remote video is downloaded once per process into a small cache keyed by URI and
-    ETag (a rewritten object is fetched again), and ffprobe reads that copy, so audio is seen on S3 too."""
+    """The decoder needs a seekable local file: a remote video is downloaded once per process into a small cache
+    keyed by URI and ETag (a rewritten object is fetched again), and the probe reads that copy, so audio is seen on S3
+    too."""
     import s3fs
 
     from pipelines.media import video

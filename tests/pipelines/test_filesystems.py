@@ -1,0 +1,74 @@
+"""Outputs commit on any filesystem: temporary files live beside their destination, so a commit is never a rename
+across filesystems (the system temp directory on a tmpfs and the output on the disk, or the other way round)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.media import storage
+from pipelines.media.encode import VideoWriter, probe_output
+
+SHM = Path("/dev/shm")
+
+
+def _device(path: Path) -> int:
+    return os.stat(path).st_dev
+
+
+def _pairs(tmp_path: Path):
+    if not SHM.is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    shm = Path(tempfile.mkdtemp(prefix="mf-fs-test-", dir=SHM))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if _device(shm) == _device(disk):
+        pytest.skip("/dev/shm and the test folder are one filesystem here")
+    return [(shm, disk), (disk, shm)]  # (system temp directory, output folder)
+
+
+@pytest.fixture
+def audio_source(tmp_path) -> Path:
+    path = tmp_path / "with_audio.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=s=64x48:r=10:d=1", "-f", "lavfi",
+                    "-i", "sine=d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    str(path)], check=True)
+    return path
+
+
+def test_video_commits_across_filesystems(tmp_path, monkeypatch, audio_source):
+    for temp, out in _pairs(tmp_path):
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        target = out / "videos" / "edit.mp4"
+        with VideoWriter(str(target), fps=10, audio_from=str(audio_source), preset="ultrafast") as w:
+            for k in range(10):
+                w.write(np.full((48, 64, 3), 20 * k, np.uint8))
+        facts = probe_output(str(target))
+        assert facts["frames"] == 10 and facts["has_audio"], facts
+        assert sorted(p.name for p in target.parent.iterdir()) == ["edit.mp4"]  # no scratch left beside it
+        for name, text in (("marker.json", "{}"), ("bytes.bin", "x")):
+            storage.atomic_write_text(str(out / name), text)
+            assert (out / name).read_text() == text
+
+
+def test_a_run_with_temp_on_tmpfs_and_out_on_disk(tmp_path):
+    """``mf retarget`` as a user runs it, with ``TMPDIR`` on a tmpfs and ``--out`` on the disk."""
+    temp, out = _pairs(tmp_path)[0]
+    from jobs.commands.demo import make_demo_inputs
+
+    demo = make_demo_inputs(str(tmp_path / "inputs"), frames=8, fps=8, size=64, steps=2, window=8, overlap=0)
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "retarget", demo.manifest, "--out", str(out / "run"),
+                           "--actors", "1"], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "run" / "results.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["succeeded"], rows
+    assert (out / "run" / "videos" / "demo-waving.mp4").stat().st_size > 0
