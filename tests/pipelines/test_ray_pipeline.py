@@ -286,3 +286,38 @@ def test_plan_probes_each_input_video_once(inputs, tmp_path, monkeypatch, drivin
     assert len(tasks) == 2 and tasks[0].plan.has_audio
     assert len(calls) == probes, calls
 
+
+
+def test_a_phone_clip_comes_back_upright_square_pixelled_in_sync_and_says_so(inputs, tmp_path, fixture_cases):
+    """A source as a phone writes it — variable rate, rotation in the display matrix, non-square pixels, audio —
+    edited in-process: the output has the source's display geometry, the resampled rate and its audio, and the
+    result row records what was done."""
+    from PIL import Image
+
+    import mf_model
+    from pipelines.batch.requests import parse_row
+    from pipelines.batch.single import edit_request
+    from pipelines.media.encode import probe_output
+
+    folder = fixture_cases / "case-1" / "source_images"
+    frames = np.stack([np.asarray(Image.open(folder / f"frame_{k}.jpg").convert("RGB").resize((192, 192)))
+                       for k in range(FRAMES)])
+    coded, phone = tmp_path / "coded.mp4", tmp_path / "phone.mov"
+    # stored lying down, squeezed to 144 px wide: the display matrix and the 4:3 pixels undo both; 3 frames dropped
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "192x192", "-r", FPS,
+                    "-i", "-", "-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-vf",
+                    "transpose=clock,scale=144:192,setsar=4/3,select='not(eq(n,3)+eq(n,4)+eq(n,8))'", "-fps_mode",
+                    "passthrough", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(coded)],
+                   input=frames.tobytes(), check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(coded), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+                    str(phone)], check=True)
+    cfg = RunConfig(manifest="", out=str(tmp_path / "out"))
+    req = parse_row({"source": str(phone), "driving": str(inputs / "waving.parquet"), **PARAMS, "window": 12,
+                     "overlap": 0}, 1, cfg.out)
+    row = edit_request(req, cfg, mf_model.load_model(None, preset_name="tiny"))
+    assert row["status"] == "succeeded", row["error"]
+    assert (row["resampled"], row["rotation"], row["rescaled"], row["tone_mapped"]) == (True, 270, True, False)
+    assert (row["width"], row["height"], row["fps_rational"], row["frames"]) == (192, 192, FPS, FRAMES)
+    facts = probe_output(row["output_uri"])
+    assert (facts["width"], facts["height"], facts["frames"], facts["fps"]) == (192, 192, FRAMES, FPS)
+    assert facts["has_audio"] and abs(facts["audio_duration"] - FRAMES * 1001 / 30000) < 0.05, facts
