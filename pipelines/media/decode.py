@@ -179,10 +179,9 @@ class FrameDecoder:
             _CURSORS.give(self.path, cursor)
         except av.error.FFmpegError as exc:
             cursor.close()
-            if not out:
-                raise InputError(self.label, f"decoding failed near frame {run[0]} (truncated or corrupt file?): "
-                                             f"{str(exc)[:160]}") from None
-            log.warning("%s: decoding stopped near frame %d: %s", self.label, max(out), exc)
+            near = max(out) + 1 if out else run[0]
+            raise InputError(self.label, f"decoding failed near frame {near} (truncated or corrupt file?): "
+                                         f"{str(exc)[:160]}") from None
         except BaseException:
             cursor.close()
             raise

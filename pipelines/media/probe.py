@@ -178,8 +178,12 @@ def _timestamps(container, stream, path: str, max_frames: int) -> tuple[list[int
     """Presentation timestamps of the stream's frames (sorted), the last one's duration and which frames (stored
     indices) are keyframes, by demuxing."""
     times: list[tuple[int, int, bool]] = []
+    stored = 0
     for packet in container.demux(stream):
-        if packet.size == 0 or packet.is_discard:
+        if packet.size == 0:
+            continue
+        stored += 1
+        if packet.is_discard:
             continue
         ts = packet.pts if packet.pts is not None else packet.dts
         if ts is None:
@@ -187,6 +191,8 @@ def _timestamps(container, stream, path: str, max_frames: int) -> tuple[list[int
         times.append((int(ts), int(packet.duration or 0), bool(packet.is_keyframe)))
         if len(times) > max_frames:
             raise InputError(path, f"holds more than {max_frames} frames")
+    if stream.frames and stored < stream.frames:  # the index promises samples the file does not hold
+        raise InputError(path, f"truncated: its index lists {stream.frames} frames, the file holds {stored}")
     times.sort()
     keyframes = tuple(i for i, (_, _, key) in enumerate(times) if key)
     return [t for t, _, _ in times], (times[-1][1] if times else 0), keyframes

@@ -28,6 +28,7 @@ STANDARD_RATES = tuple(Fraction(r) for r in (
     "24000/1001", "24", "25", "30000/1001", "30", "48", "50", "60000/1001", "60", "90", "100", "120000/1001", "120",
     "5", "6", "8", "10", "12", "12.5", "15", "16", "20", "240"))
 SNAP_TOLERANCE = 0.015  # relative (a millisecond time base writes 30 fps as 33 ms steps: 1 % off)
+TYPICAL_SPREAD = 0.2  # intervals this far from the median still count as the nominal one (jitter)
 MAX_LAST_FRAME_INTERVALS = 10  # a last frame's own duration counts up to this many typical intervals
 
 
@@ -82,16 +83,16 @@ def _typical_interval(times: Sequence[int]) -> int:
 
 
 def nominal_rate(times: Sequence[int], time_base: Fraction, declared: Fraction | None = None) -> Fraction:
-    """The rate a stream is meant to play at: the mean of its typical intervals (those within 10 % or one tick of
-    the median interval of its sorted timestamps: a millisecond time base's 33/34 ms steps are 30 fps, a phone's
-    drops and bursts are left out), snapped to a standard rate; the container's declared rate when timestamps
-    cannot tell (fewer than two frames)."""
+    """The rate a stream is meant to play at: the mean of its typical intervals (those within 20 % or one tick of
+    the median interval of its sorted timestamps: a millisecond time base's 33/34 ms steps and a phone's 30/34/36 ms
+    jitter are 30 fps; its drops to 15 fps and bursts to 60 fps are left out), snapped to a standard rate; the
+    container's declared rate when timestamps cannot tell (fewer than two frames)."""
     deltas = np.diff(np.asarray(sorted(times), dtype=np.int64))
     deltas = deltas[deltas > 0]
     if not len(deltas):
         return snap_rate(declared) if declared and declared > 0 else Fraction(25)
     median = float(np.median(deltas))
-    typical = deltas[np.abs(deltas - median) <= max(0.1 * median, 1.0)]
+    typical = deltas[np.abs(deltas - median) <= max(TYPICAL_SPREAD * median, 1.0)]
     mean = Fraction(int(typical.sum()), len(typical)) * time_base
     return snap_rate(1 / mean)
 
