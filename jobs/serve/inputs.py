@@ -138,9 +138,20 @@ async def input_uris(form: FormData, edit_dir: str, cfg: ServeConfig) -> dict[st
 
 # -- parameters and limits -----------------------------------------------------------------------------------------
 
+def _check_fields(form: FormData) -> None:
+    """422 naming every form field that is not an input or a parameter of an edit (a field the service would
+    otherwise ignore, such as ``fps`` or ``frame_start``: a client must not believe it took effect)."""
+    known = set(REQUEST_FIELDS) | set(LABELS) | {f"{label}_uri" for label in LABELS}
+    unknown = sorted({k for k in form.keys() if k not in known})
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in unknown[:8])
+        raise HTTPException(422, f"unknown form field(s): {names} (accepted: {', '.join(sorted(known))})")
+
+
 def parse_edit(form: FormData, edit_id: str, edit_dir: str, cfg: ServeConfig) -> Request:
     """The validated request (the configured defaults under the form's parameters), inputs still placeholders
-    (:func:`with_inputs`); 422 for a bad parameter or one over the operator's caps."""
+    (:func:`with_inputs`); 422 for an unknown field, a bad parameter or one over the operator's caps."""
+    _check_fields(form)
     raw = {k: form.get(k) for k in REQUEST_FIELDS if form.get(k) not in (None, "")}
     raw = {**cfg.defaults, **raw, "source": _PLACEHOLDER, "driving": _PLACEHOLDER, "request_id": edit_id,
            "output": storage.join(edit_dir, "result.mp4")}

@@ -13,6 +13,11 @@ transfer (HDR), every presentation timestamp, the constant-rate grid it is edite
 - Timestamps are read in presentation order (B-frames reorder decode order) and placed on a constant-rate grid by
   :mod:`pipelines.media.timeline`: variable-rate video (phones) is resampled, never refused.
 - The first frame is decoded: the display matrix (rotation, flips), the pixel format and the transfer come from it.
+- Bounded before it is read: at most :data:`MAX_STREAMS` streams are created (a file with more is refused: each
+  costs a decoder while FFmpeg probes it), FFmpeg's decoders refuse pictures over ``max_side``² pixels (default
+  :data:`MAX_SIDE`) even while it probes the stream, the stored size is checked against ``max_side`` before our
+  first frame is decoded, packets are counted up to ``max_frames``; a video under :data:`MIN_SIDE` px or narrower than
+  :data:`MAX_ASPECT`:1 is refused.
 - Animated WebP, which FFmpeg does not decode, is read with Pillow (libwebp), with the same facts.
 """
 from __future__ import annotations
@@ -32,6 +37,10 @@ log = logging.getLogger(__name__)
 FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,gif,apng,webp_pipe"
 ACCEPTED = "MP4/MOV, Matroska/WebM, AVI, animated GIF/PNG/WebP"
 MAX_STORED_FRAMES = 500_000  # packets counted at most (about 4.6 h at 30 fps) unless a caller bounds it lower
+MAX_STREAMS = 32  # streams a demuxer may create (FFmpeg's max_streams): each costs a decoder while it is probed
+MAX_SIDE = 8192  # px: no picture is decoded larger than this squared, unless a caller bounds it lower
+MIN_SIDE = 16  # px: the shorter display side of a usable video
+MAX_ASPECT = 16  # the longer display side over the shorter one
 TRC_PQ, TRC_HLG = 16, 18  # AVColorTransferCharacteristic: SMPTE ST 2084, ARIB STD-B67
 
 
@@ -138,20 +147,40 @@ def orientation_of(matrix: Optional[bytes]) -> Orientation:
     return Orientation()
 
 
-def _open(path: str):
+_FFMPEG_LOGS = []
+
+
+def _quiet_ffmpeg() -> None:
+    """Once per process: FFmpeg's last error reaches our exceptions (its ERROR level is on), and a crafted file's
+    flood of errors does not reach the log (the ``libav`` logger) unless someone configured that logger."""
+    import av.logging
+
+    if not _FFMPEG_LOGS:
+        av.logging.set_level(av.logging.ERROR)
+        if logging.getLogger("libav").level in (logging.NOTSET, logging.WARNING):  # PyAV sets WARNING itself
+            logging.getLogger("libav").setLevel(logging.CRITICAL)
+        _FFMPEG_LOGS.append(True)
+
+
+def _open(path: str, max_side: int | None = None):
     import av
     import av.logging
 
-    if av.logging.get_level() is None:  # FFmpeg's errors reach the exception (and Python's logging) from here on
-        av.logging.set_level(av.logging.ERROR)
+    _quiet_ffmpeg()
     target = "file:" + os.path.abspath(path)
+    options = {"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "file", "max_streams": str(MAX_STREAMS),
+               "max_pixels": str((max_side or MAX_SIDE) ** 2)}  # the decoder refuses larger pictures while probing
     try:
-        return av.open(target, options={"format_whitelist": FORMAT_WHITELIST, "protocol_whitelist": "file"})
+        container = av.open(target, options=options)
     except av.error.FFmpegError as exc:
         refused = re.search(r"\[([\w,]+)\] Format not on whitelist", str(exc))
         if refused:
             raise InputError(path, f"container {refused.group(1)!r} is not accepted ({ACCEPTED})") from None
         raise InputError(path, "not a readable video (unknown format, corrupt or truncated)") from None
+    if len(container.streams) >= MAX_STREAMS:
+        container.close()
+        raise InputError(path, f"holds {MAX_STREAMS} or more streams (at most {MAX_STREAMS - 1} are read)")
+    return container
 
 
 def _choose_stream(container, path: str):
@@ -224,6 +253,13 @@ def _frame_facts(frame) -> tuple[Orientation, str, int, Optional[str], bool]:
     return orientation_of(matrix), fmt.name, int(depth), trc, bool(frame.interlaced_frame)
 
 
+def _check_shape(path: str, w: int, h: int) -> None:
+    if min(w, h) < MIN_SIDE:
+        raise InputError(path, f"{w}x{h} is too small (the shorter side must be at least {MIN_SIDE} px)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise InputError(path, f"{w}x{h} is too narrow (at most {MAX_ASPECT}:1)")
+
+
 def probe_media(path: str, max_frames: int | None = None, max_side: int | None = None) -> MediaInfo:
     """:class:`MediaInfo` of a local video file; :class:`InputError` for anything we do not accept (see the module
     docstring). ``max_frames`` bounds the frames counted (and the grid), ``max_side`` the stored width and height
@@ -231,14 +267,14 @@ def probe_media(path: str, max_frames: int | None = None, max_side: int | None =
     import av
 
     bound = int(max_frames) if max_frames else MAX_STORED_FRAMES
-    with _open(path) as container:
+    with _open(path, max_side) as container:
         fmt = container.format.name
         if fmt == "webp_pipe":
             return _probe_webp(path, bound)
         stream = _choose_stream(container, path)
         sw, sh = stream.codec_context.width, stream.codec_context.height
-        if max_side and max(sw, sh) > max_side:
-            raise InputError(path, f"{sw}x{sh} exceeds the {max_side} px limit")
+        if max(sw, sh) > (max_side or MAX_SIDE):
+            raise InputError(path, f"{sw}x{sh} exceeds the {max_side or MAX_SIDE} px limit")
         try:
             times, last, keyframes = _timestamps(container, stream, path, bound)
             if len(times) < 1:
@@ -257,6 +293,7 @@ def probe_media(path: str, max_frames: int | None = None, max_side: int | None =
         except RateError as exc:
             raise InputError(path, str(exc)) from None
         w, h = display_size(stream.codec_context.width, stream.codec_context.height, sar, orientation)
+        _check_shape(path, w, h)
         return MediaInfo(
             format_name=fmt, codec=stream.codec_context.codec.canonical_name, stream_index=stream.index,
             stored_width=stream.codec_context.width, stored_height=stream.codec_context.height, width=w, height=h,

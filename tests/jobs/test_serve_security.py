@@ -439,3 +439,67 @@ def test_13_variable_frame_rate_resampled(env):
     r = _post(env, files={"source": ("v.mp4", vfr.read_bytes()), "driving": ("d.mp4", env["driving"].read_bytes())})
     assert r.status_code == 202, r.text
     assert _wait(env["base"], r.json()["id"])["state"] == "succeeded"
+
+
+# -- media that lies or weighs: the stream checked is the stream decoded, packets are counted -----------------------
+
+def _ff(*args) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def test_27_2_a_second_video_stream_is_neither_checked_nor_decoded(env):
+    big = env["dir"] / "big_stream.mp4"
+    _ff("-f", "lavfi", "-i", "color=c=gray:s=2048x2048:r=8:d=12", "-c:v", "libx264", "-preset", "ultrafast", big)
+    two = env["dir"] / "two.mkv"  # the person first (the default stream), a 2048² 96-frame stream second
+    _ff("-i", env["source"], "-i", big, "-map", "0:v", "-map", "1:v", "-c", "copy", "-disposition:v:0", "default",
+        "-disposition:v:1", "0", two)
+    files = {"source": ("s.mkv", two.read_bytes()), "driving": ("d.mp4", env["driving"].read_bytes())}
+    r = _measure("27-2 second video stream 2048x2048", lambda: _post(env, files=files))
+    assert r.status_code == 202, r.text
+    assert _wait(env["base"], r.json()["id"])["state"] == "succeeded"
+    swapped = env["dir"] / "swapped.mkv"  # the big stream marked default: that is the one checked, and refused
+    _ff("-i", two, "-map", "0:v:1", "-map", "0:v:0", "-c", "copy", "-disposition:v:0", "default",
+        "-disposition:v:1", "0", swapped)
+    r = _post(env, files={**files, "source": ("s.mkv", swapped.read_bytes())})
+    assert r.status_code == 422 and "2048x2048 exceeds the 1024 px limit" in _clean(env, r.text), r.text
+
+
+def _patch_avi_frame_count(path, frames: int) -> None:
+    """Write ``frames`` into an AVI's main header (dwTotalFrames) and its video stream header (dwLength)."""
+    data = bytearray(path.read_bytes())
+    avih, strh = data.index(b"avih"), data.index(b"strh")
+    data[avih + 24:avih + 28] = frames.to_bytes(4, "little")
+    data[strh + 40:strh + 44] = frames.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_27_3_a_header_that_lies_about_the_length_is_not_believed(env):
+    long = env["dir"] / "long.avi"  # 800 frames (the limit is 600), the header patched to say 8
+    _ff("-f", "lavfi", "-i", "testsrc=s=64x64:r=25:d=32", "-c:v", "mpeg4", "-q:v", "20", long)
+    _patch_avi_frame_count(long, 8)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=nb_frames",
+                            "-of", "csv=p=0", str(long)], capture_output=True, text=True).stdout.strip()
+    assert probe == "8", probe  # what a header reader believes
+    files = {"source": ("s.avi", long.read_bytes()), "driving": ("d.mp4", env["driving"].read_bytes())}
+    r = _measure("27-3 AVI claiming 8 of its 800 frames", lambda: _post(env, files=files), bound=16 * MB)
+    assert r.status_code == 422 and "more than 600 frames" in _clean(env, r.text), r.text
+
+
+def test_27_8_a_file_of_500_streams_is_refused_before_they_are_probed(env):
+    one, many = env["dir"] / "one.mkv", env["dir"] / "many.mkv"
+    _ff("-f", "lavfi", "-i", "testsrc=s=64x48:r=8:d=1", "-c:v", "libx264", one)
+    _ff("-i", one, *[a for _ in range(500) for a in ("-map", "0:v")], "-c", "copy", many)
+    files = {"source": ("s.mkv", many.read_bytes()), "driving": ("d.mp4", env["driving"].read_bytes())}
+    r = _measure("27-8 MKV of 500 streams", lambda: _post(env, files=files), bound=24 * MB)
+    assert r.status_code == 422 and "32 or more streams" in _clean(env, r.text), r.text
+
+
+@pytest.mark.parametrize("size, reason", [("1x1", "too small"), ("2x2", "too small"), ("1024x2", "too small"),
+                                          ("1024x32", "too narrow")])
+def test_27_12_degenerate_sizes_are_refused_clearly(env, size, reason):
+    path = env["dir"] / f"tiny_{size}.mkv"
+    w, h = map(int, size.split("x"))
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "gray", "-s", size, "-r", "8", "-i",
+                    "-", "-c:v", "png", str(path)], input=bytes([128]) * (w * h * 8), check=True)
+    r = _post(env, files={"source": ("s.mkv", path.read_bytes()), "driving": ("d.mp4", env["driving"].read_bytes())})
+    assert r.status_code == 422 and f"{size} is {reason}" in _clean(env, r.text), r.text
