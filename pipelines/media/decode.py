@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from pipelines.media.errors import InputError
-from pipelines.media.probe import MediaInfo, Orientation
+from pipelines.media.probe import MediaInfo, Orientation, open_container
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,8 @@ class _Cursor:
     instead of seeking back to a keyframe (each seek decodes up to a GOP again)."""
 
     def __init__(self, path: str, info: MediaInfo) -> None:
-        from pipelines.media.probe import _open
-
         self.info = info
-        self.container = _open(path)
+        self.container = open_container(path)
         self.stream = self.container.streams[info.stream_index]
         self.stream.codec_context.thread_count = 1
         self.frames: Iterator[tuple[int, object]] | None = None
@@ -121,14 +119,17 @@ class _Cursors:
         self.lock = threading.Lock()
         self.items: OrderedDict[tuple, _Cursor] = OrderedDict()
 
+    @staticmethod
+    def _key(path: str, info: MediaInfo) -> tuple:
+        return path, info.stream_index, info.times[:1], len(info.times)
+
     def take(self, path: str, info: MediaInfo) -> _Cursor:
-        key = (path, info.stream_index, info.times[:1], len(info.times))
         with self.lock:
-            cursor = self.items.pop(key, None)
+            cursor = self.items.pop(self._key(path, info), None)
         return cursor or _Cursor(path, info)
 
     def give(self, path: str, cursor: _Cursor) -> None:
-        key = (path, cursor.info.stream_index, cursor.info.times[:1], len(cursor.info.times))
+        key = self._key(path, cursor.info)
         with self.lock:
             old = self.items.pop(key, None)
             self.items[key] = cursor

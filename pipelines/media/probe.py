@@ -22,6 +22,7 @@ transfer (HDR), every presentation timestamp, the constant-rate grid it is edite
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -147,22 +148,20 @@ def orientation_of(matrix: Optional[bytes]) -> Orientation:
     return Orientation()
 
 
-_FFMPEG_LOGS = []
-
-
+@functools.cache
 def _quiet_ffmpeg() -> None:
     """Once per process: FFmpeg's last error reaches our exceptions (its ERROR level is on), and a crafted file's
     flood of errors does not reach the log (the ``libav`` logger) unless someone configured that logger."""
     import av.logging
 
-    if not _FFMPEG_LOGS:
-        av.logging.set_level(av.logging.ERROR)
-        if logging.getLogger("libav").level in (logging.NOTSET, logging.WARNING):  # PyAV sets WARNING itself
-            logging.getLogger("libav").setLevel(logging.CRITICAL)
-        _FFMPEG_LOGS.append(True)
+    av.logging.set_level(av.logging.ERROR)
+    if logging.getLogger("libav").level in (logging.NOTSET, logging.WARNING):  # PyAV sets WARNING itself
+        logging.getLogger("libav").setLevel(logging.CRITICAL)
 
 
-def _open(path: str, max_side: int | None = None):
+def open_container(path: str, max_side: int | None = None):
+    """A PyAV container on the local file ``path``, held to the accepted containers, plain files, at most
+    :data:`MAX_STREAMS` streams and pictures of at most ``max_side``² pixels; :class:`InputError` otherwise."""
     import av
     import av.logging
 
@@ -231,7 +230,7 @@ def _first_frame(path: str, index: int):
     """The stream's first decoded frame (a second opening: the first one has demuxed to the end)."""
     import av
 
-    with _open(path) as container:
+    with open_container(path) as container:
         try:
             for frame in container.decode(container.streams[index]):
                 return frame
@@ -267,7 +266,7 @@ def probe_media(path: str, max_frames: int | None = None, max_side: int | None =
     import av
 
     bound = int(max_frames) if max_frames else MAX_STORED_FRAMES
-    with _open(path, max_side) as container:
+    with open_container(path, max_side) as container:
         fmt = container.format.name
         if fmt == "webp_pipe":
             return _probe_webp(path, bound)

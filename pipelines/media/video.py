@@ -336,6 +336,7 @@ def iter_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK, inf
         return
     fs, path = storage.open_fs(uri)
     info = info or probe_video(uri)
+    decoder = FrameDecoder(local_video(uri), info.media, label=uri) if info.kind != "folder" else None
     for s in range(0, len(idx), chunk):
         part = idx[s:s + chunk]
         bad = [i for i in part if not 0 <= i < info.frames]
@@ -345,7 +346,7 @@ def iter_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK, inf
             yield part, np.stack([_load_image(fs, info.frame_files[i], uri) for i in part])
             continue
         stored = info.timeline.stored_indices(part)
-        frames = FrameDecoder(local_video(uri), info.media, label=uri).read(stored)
+        frames = decoder.read(stored)
         yield part, np.stack([frames[j] for j in stored])
 
 
