@@ -14,24 +14,41 @@ column            default   meaning
                             1-128 of ``A-Za-z0-9._-``, starting with a letter or digit, no ``..``)
 ``output``        derived   default: ``<out>/videos/<request_id>.mp4``
 ``steps``         50        sampler steps (the official schedule is exact at 50, scaled otherwise)
-``cfg``           3.5       classifier-free guidance scale (>= 0)
+``cfg``           3.5       classifier-free guidance scale (0..100; <= 1 turns guidance off)
 ``seed``          42        seed of the frame-indexed initial noise (0 <= seed < 2**63)
 ``camera``        false     camera-movement mode (reconstruction K/V injection)
 ``window``        24        frames per window (1..32)
 ``overlap``       8         frames shared by consecutive windows (0 <= overlap < window)
 ``size``          512       model resolution, square side in pixels (multiple of 8, 64..2048)
 ``fps``           source    output frame rate; empty = the source's exact rate (rationals like 30000/1001 ok)
-``frame_start``   0         first source frame to edit
-``frame_end``     all       end (exclusive) of the source frame range
+``frame_start``   0         first source frame to edit (0 <= frame_start < 2**63)
+``frame_end``     all       end (exclusive) of the source frame range (frame_start < frame_end < 2**63)
 ``preview``       false     also write a side-by-side preview (source | target pose | edit)
 ``length_policy`` ``trim``  source/driving length mismatch: ``trim`` (to the shorter), ``loop``, ``hold``
 ================  ========  ===========================================================================
 
-Unknown columns make the whole manifest invalid (:class:`ManifestError`, naming the columns and the file). A
-missing or empty optional value takes its default. A row with a bad value (type, range, duplicate ``request_id``)
-does not stop the run: it becomes an :class:`InvalidRow` (1-based row number, message naming the column), which
-the pipeline reports as a ``failed`` result row; ``strict=True`` raises instead. Relative ``source``/``driving``/
-``output`` paths are resolved against the manifest's directory.
+Unknown columns, and a column named twice (a CSV or Parquet header), make the whole manifest invalid
+(:class:`ManifestError`, naming the columns and the file). A missing or empty optional value takes its default. A
+row with a bad value does not stop the run: it becomes an :class:`InvalidRow` (1-based row number, message naming
+the column and the problem), which the pipeline reports as a ``failed`` result row; ``strict=True`` raises instead.
+Relative ``source``/``driving``/``output`` paths are resolved against the manifest's directory.
+
+Manifests are untrusted input; the rules that keep one bad row to its own row:
+
+- **Sizes.** A manifest over :data:`MAX_MANIFEST_BYTES` (1 GiB) is refused before it is read. A cell over its cap
+  fails its row: :data:`MAX_TEXT_CHARS` (64 KiB) for ``source``, ``driving``, ``output`` and ``request_id``,
+  :data:`MAX_VALUE_CHARS` (64) for every other column. CSV cells up to :data:`CSV_FIELD_LIMIT` (16 MiB) are read
+  (Python's default stops the whole file at 128 KiB); a larger one makes the CSV unreadable (the file is refused).
+  A CSV row with more values than columns fails alone. Values quoted in errors are cut to :data:`PREVIEW_CHARS`
+  characters, with the original length.
+- **Numbers** are written in ASCII (integers: optional sign and digits, or an integral decimal such as ``30.0``;
+  numbers: decimal/exponent forms, ``fps`` also ``a/b``), finite (``inf``, ``nan``, JSON ``NaN``/``Infinity`` and
+  ``1e400`` fail; a full-width ``１`` fails) and in range; ``cfg`` is at most :data:`MAX_CFG` (100). A NaN float
+  in a Parquet float column counts as missing (pandas writes missing values so).
+- **Outputs.** No two rows may write the same file: every row whose ``output`` or preview output (after relative
+  paths and defaults are resolved) is another row's output or preview fails, naming the other rows; an output or
+  preview equal to any ``source`` or ``driving`` in the manifest, or to the manifest itself, fails its row. URIs are
+  compared normalised (:func:`uri_key`). Only rows valid otherwise take part (a duplicate ``request_id`` fails first).
 
 The result manifest: :mod:`pipelines.batch.results`.
 """
@@ -42,7 +59,10 @@ import dataclasses
 import io
 import json
 import math
+import os
+import posixpath
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -57,6 +77,13 @@ from pipelines.windows import ids
 from pipelines.windows.planning import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 REQUIRED_COLUMNS = ("source", "driving")
+TEXT_COLUMNS = ("source", "driving", "output", "request_id")
+MAX_MANIFEST_BYTES = 1 << 30  # a larger manifest is refused before it is read
+CSV_FIELD_LIMIT = 16 << 20  # csv.field_size_limit while reading (the default, 128 KiB, refuses the whole file)
+MAX_TEXT_CHARS = 64 << 10  # per cell of TEXT_COLUMNS (URIs, ids); larger fails the row
+MAX_VALUE_CHARS = 64  # per cell of every other column (numbers, booleans, length_policy)
+MAX_CFG = 100.0
+PREVIEW_CHARS = 80  # untrusted values quoted in an error are cut to this
 # request ids name files and folders under --out: no separators, no "..", no "::" (fsspec chaining), no controls
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -136,50 +163,79 @@ class _RowError(ValueError):
     pass
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = PREVIEW_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def _show(v: Any) -> str:
+    """``repr(v)`` of an untrusted value, cut to about :data:`PREVIEW_CHARS` with an ellipsis and the length."""
+    if not isinstance(v, (str, bytes)):
+        r = _REPR.repr(v)
+        return r if len(r) <= PREVIEW_CHARS else f"{r[:PREVIEW_CHARS]}…"
+    head = v[:PREVIEW_CHARS]
+    while len(repr(head)) > PREVIEW_CHARS + 2:  # escapes (\x00, \u2028) widen the repr
+        head = head[:len(head) * 3 // 4]
+    if len(head) == len(v):
+        return repr(v)
+    return f"{head!r}… ({len(v)} {'characters' if isinstance(v, str) else 'bytes'})"
+
+
+def _clip(text: str, n: int = 4 * PREVIEW_CHARS) -> str:
+    return text if len(text) <= n else f"{text[:n]}… ({len(text)} characters)"
+
+
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() == "")
 
 
+def _check_size(col: str, v: Any) -> None:
+    cap = MAX_TEXT_CHARS if col in TEXT_COLUMNS else MAX_VALUE_CHARS
+    if isinstance(v, (str, bytes)) and len(v) > cap:
+        unit = "characters" if isinstance(v, str) else "bytes"
+        raise _RowError(f"column '{col}': value too large ({len(v)} {unit}, at most {cap}): {_show(v)}")
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_RATIO_RE = re.compile(r"([0-9]+) */ *([0-9]+)")
+
+
+def _native(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
+
+
 def _as_int(col: str, v: Any) -> int:
-    if isinstance(v, bool):
-        raise _RowError(f"column '{col}': expected an integer, got {v!r}")
-    if isinstance(v, int):
+    v = _native(v)
+    if isinstance(v, int) and not isinstance(v, bool):
         return int(v)
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        return _as_int(col, v.item())
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str):
-        s = v.strip()
-        try:
-            return int(s)
-        except ValueError:
-            try:
-                f = float(s)
-            except ValueError:
-                f = None
-            if f is not None and f.is_integer():
-                return int(f)
-    raise _RowError(f"column '{col}': expected an integer, got {v!r}")
+    f = float(v) if isinstance(v, float) else None
+    if isinstance(v, str) and _INT_RE.fullmatch(v.strip()):
+        return int(v.strip())
+    if isinstance(v, str) and _FLOAT_RE.fullmatch(v.strip()):
+        f = float(v.strip())
+    if f is not None and math.isfinite(f) and f.is_integer():
+        return int(f)
+    raise _RowError(f"column '{col}': expected a finite integer in ASCII digits (e.g. 50), got {_show(v)}")
+
+
+def _parse_float(s: str) -> Optional[float]:
+    if _FLOAT_RE.fullmatch(s):
+        return float(s)
+    m = _RATIO_RE.fullmatch(s)
+    return int(m[1]) / int(m[2]) if m and int(m[2]) else None
 
 
 def _as_float(col: str, v: Any) -> float:
-    if isinstance(v, bool):
-        raise _RowError(f"column '{col}': expected a number, got {v!r}")
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()
-    if isinstance(v, (int, float)):
+    v = _native(v)
+    f: Optional[float] = None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
         f = float(v)
     elif isinstance(v, str):
-        s = v.strip()
-        try:
-            f = float(s) if "/" not in s else float(int(s.split("/")[0]) / int(s.split("/")[1]))
-        except (ValueError, ZeroDivisionError):
-            raise _RowError(f"column '{col}': expected a number, got {v!r}") from None
-    else:
-        raise _RowError(f"column '{col}': expected a number, got {v!r}")
-    if not math.isfinite(f):
-        raise _RowError(f"column '{col}': expected a finite number, got {v!r}")
+        f = _parse_float(v.strip())
+    if f is None or not math.isfinite(f):
+        raise _RowError(f"column '{col}': expected a finite number in ASCII (e.g. 3.5"
+                        f"{' or 30000/1001' if col == 'fps' else ''}), got {_show(v)}")
     return f
 
 
@@ -188,20 +244,19 @@ _FALSE = {"false", "f", "no", "n", "0", "off"}
 
 
 def _as_bool(col: str, v: Any) -> bool:
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()
+    v = _native(v)
     if isinstance(v, bool):
         return v
     if isinstance(v, (int, float)) and v in (0, 1):
         return bool(v)
     if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
         return v.strip().lower() in _TRUE
-    raise _RowError(f"column '{col}': expected true/false, got {v!r}")
+    raise _RowError(f"column '{col}': expected true/false, got {_show(v)}")
 
 
 def _as_str(col: str, v: Any) -> str:
-    if not isinstance(v, str):
-        raise _RowError(f"column '{col}': expected a string, got {v!r}")
+    if not isinstance(v, str) or isinstance(v, _JsonNumber):
+        raise _RowError(f"column '{col}': expected a string, got {_show(v)}")
     return v.strip()
 
 
@@ -215,15 +270,15 @@ COLUMNS = tuple(_COERCE)
 
 def _check_values(p: dict[str, Any]) -> None:
     def bad(col: str, msg: str) -> None:
-        raise _RowError(f"column '{col}': {msg}, got {p[col]!r}")
+        raise _RowError(f"column '{col}': {msg}, got {_show(p[col])}")
 
     if p["request_id"] is not None and not valid_request_id(p["request_id"]):
         bad("request_id", "must be 1-128 letters, digits, '.', '_' or '-', start with a letter or digit and hold "
                           "no '..'")
     if not 1 <= p["steps"] <= 1000:
         bad("steps", "must be in 1..1000")
-    if p["cfg"] < 0:
-        bad("cfg", "must be >= 0")
+    if not 0 <= p["cfg"] <= MAX_CFG:
+        bad("cfg", f"must be in 0..{MAX_CFG:g}")
     if not 0 <= p["seed"] < 2**63:
         bad("seed", "must be in 0..2**63-1")
     if not 1 <= p["window"] <= MAX_WINDOW_FRAMES:
@@ -234,10 +289,10 @@ def _check_values(p: dict[str, Any]) -> None:
         bad("size", "must be a multiple of 8 in 64..2048")
     if p["fps"] is not None and not 0 < p["fps"] <= 1000:
         bad("fps", "must be in (0, 1000]")
-    if p["frame_start"] < 0:
-        bad("frame_start", "must be >= 0")
-    if p["frame_end"] is not None and p["frame_end"] <= p["frame_start"]:
-        bad("frame_end", f"must be greater than frame_start ({p['frame_start']})")
+    if not 0 <= p["frame_start"] < 2**63:
+        bad("frame_start", "must be in 0..2**63-1")
+    if p["frame_end"] is not None and not p["frame_start"] < p["frame_end"] < 2**63:
+        bad("frame_end", f"must be greater than frame_start ({p['frame_start']}) and below 2**63")
     if p["length_policy"] not in LENGTH_POLICIES:
         bad("length_policy", f"must be one of {', '.join(LENGTH_POLICIES)}")
     for col in ("source", "driving"):
@@ -253,6 +308,7 @@ def parse_row(raw: Mapping[str, Any], row: int, out: str, base: str = "") -> Req
     p: dict[str, Any] = {}
     for col in COLUMNS:
         v = raw.get(col)
+        _check_size(col, v)
         if _missing(v):
             p[col] = _DEFAULTS.get(col)
             if col in REQUIRED_COLUMNS:
@@ -282,75 +338,212 @@ def _format_of(uri: str) -> str:
     raise ManifestError(f"{uri}: unknown manifest format (use .parquet, .csv or .jsonl)")
 
 
-def read_raw_rows(uri: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """Column names and raw row dicts of a manifest file."""
-    fmt = _format_of(uri)
+def _read_capped(uri: str) -> bytes:
+    """The manifest's bytes; refused over :data:`MAX_MANIFEST_BYTES` (by its size first, when the storage says)."""
+    fs, path = storage.open_fs(uri)
     try:
-        data = storage.read_bytes(uri)
+        size = fs.size(path)
+        if size is None or size <= MAX_MANIFEST_BYTES:
+            with fs.open(path, "rb") as f:
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+            size = len(data)
     except FileNotFoundError:
         raise ManifestError(f"{uri}: manifest not found") from None
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{uri}: manifest of {size} bytes is over the {MAX_MANIFEST_BYTES} byte limit: split it")
+    return data
+
+
+RowErrors = dict[int, str]  # 1-based row -> why it cannot be read (the row fails alone)
+
+
+def _read_csv(data: bytes) -> tuple[list[str], list[dict[str, Any]], RowErrors]:
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:  # process-wide; only ever raised, to a bounded value
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        if "field larger than field limit" not in str(exc):
+            raise
+        raise ManifestError(f"line {reader.line_num}: a CSV cell is larger than {CSV_FIELD_LIMIT} bytes") from None
+    errors: RowErrors = {}
+    for n, r in enumerate(rows, 1):
+        extra = r.pop(None, None)  # type: ignore[call-overload]
+        if extra is not None:
+            errors[n] = f"more values ({len(r) + len(extra)}) than columns ({len(r)})"
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    return cols, [{k.strip(): v for k, v in r.items()} for r in rows], errors
+
+
+class _JsonNumber(str):
+    """A JSON number kept as its text (too many digits for a cell, or NaN/Infinity): it fails its row, not the file."""
+
+
+def _json_int(s: str) -> Any:
+    return int(s) if len(s) <= MAX_VALUE_CHARS else _JsonNumber(s)
+
+
+def _read_jsonl(data: bytes) -> tuple[list[str], list[dict[str, Any]], RowErrors]:
+    cols: dict[str, None] = {}
+    rows = []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        obj = json.loads(line, parse_int=_json_int, parse_constant=_JsonNumber)  # NaN/Infinity stay text: they fail
+        if not isinstance(obj, dict):
+            raise ManifestError(f"line {n} is not a JSON object")
+        cols.update(dict.fromkeys(obj))
+        rows.append(obj)
+    return list(cols), rows, {}
+
+
+def _read_rows(uri: str) -> tuple[list[str], list[dict[str, Any]], RowErrors]:
+    fmt = _format_of(uri)
+    data = _read_capped(uri)
     try:
         if fmt == "parquet":
             table = pq.read_table(io.BytesIO(data), use_threads=storage.PARQUET_THREADS)
-            return list(table.column_names), table.to_pylist()
-        if fmt == "csv":
-            reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-            rows = list(reader)
-            cols = [c.strip() for c in (reader.fieldnames or [])]
-            for r in rows:
-                if None in r:
-                    raise ManifestError(f"{uri}: row {reader.line_num}: more values than columns")
-            return cols, [{k.strip(): v for k, v in r.items()} for r in rows]
-        cols: list[str] = []
-        rows = []
-        for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ManifestError(f"{uri}: line {n} is not a JSON object")
-            for k in obj:
-                if k not in cols:
-                    cols.append(k)
-            rows.append(obj)
-        return cols, rows
-    except ManifestError:
-        raise
+            return list(table.column_names), table.to_pylist(), {}
+        return _read_csv(data) if fmt == "csv" else _read_jsonl(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{uri}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is a manifest error
-        raise ManifestError(f"{uri}: cannot read {fmt} manifest: {type(exc).__name__}: {exc}") from exc
+        reason = _clip(" ".join(str(exc).split()))  # one line, cut: reader errors may quote the file
+        raise ManifestError(f"{uri}: cannot read {fmt} manifest: {type(exc).__name__}: {reason}") from exc
+
+
+def read_raw_rows(uri: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and raw row dicts of a manifest file (any columns; a row that cannot be read refuses the file)."""
+    cols, rows, errors = _read_rows(uri)
+    if errors:
+        n = min(errors)
+        raise ManifestError(f"{uri}: row {n}: {errors[n]}")
+    return cols, rows
+
+
+def _names(cols: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(_show(c) for c in cols[:limit])
+    return shown + (f" and {len(cols) - limit} more" if len(cols) > limit else "")
+
+
+def _check_columns(uri: str, cols: list[str]) -> None:
+    unknown = [c for c in dict.fromkeys(cols) if c not in COLUMNS]
+    if unknown:
+        raise ManifestError(f"{uri}: unknown column(s) {_names(unknown)}; allowed: {', '.join(COLUMNS)}")
+    twice = [c for c in dict.fromkeys(cols) if cols.count(c) > 1]
+    if twice:
+        raise ManifestError(f"{uri}: column(s) {_names(twice)} given more than once")
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    if missing:
+        raise ManifestError(f"{uri}: missing required column(s) {', '.join(repr(c) for c in missing)}")
+
+
+# --------------------------------------------------------------------------------------------- output clashes
+
+_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs", "local": "file"}
+
+
+def uri_key(uri: str) -> str:
+    """A URI normalised for comparison: local paths (``file://``/``file:`` prefix stripped) absolute and
+    ``os.path.normpath``-ed; other URIs with the scheme lower-cased (aliases folded: ``s3a`` = ``s3``, ``gcs`` =
+    ``gs``) and repeated slashes, ``.`` and ``..`` folded (two spellings of one object compare equal; the folding may
+    only make distinct keys compare equal, which fails a row, never lets two rows write one file)."""
+    u = str(uri).strip()
+    scheme, sep, rest = u.partition("://")
+    scheme = _SCHEME_ALIASES.get(scheme.lower(), scheme.lower()) if sep else ""
+    if not sep and u.lower().startswith("file:"):
+        scheme, rest = "file", u[5:]
+    if scheme in ("", "file"):
+        return os.path.normpath(os.path.abspath(rest if scheme else u))
+    return f"{scheme}://{posixpath.normpath('/' + re.sub('/+', '/', rest)).lstrip('/')}"
+
+
+def _writes(r: Request) -> list[tuple[str, str]]:
+    return [("output", r.output)] + ([("preview", r.preview_output)] if r.preview_output else [])
+
+
+def _input_name(col: str, row: int, me: int) -> str:
+    return "the manifest itself" if col == "manifest" else f"its own {col}" if row == me else \
+        f"the {col} of row {row}"
+
+
+def _clash_reasons(uri: str, reqs: Sequence[Request]) -> dict[int, str]:
+    """Row -> why it may not run: its output or preview is another row's (or its own other file), an input of the
+    manifest, or the manifest itself."""
+    inputs: dict[str, tuple[str, int]] = {uri_key(uri): ("manifest", 0)}
+    for r in reqs:
+        for col in ("source", "driving"):
+            inputs.setdefault(uri_key(getattr(r, col)), (col, r.row))
+    writers: dict[str, list[int]] = {}
+    for r in reqs:
+        for _, out in _writes(r):
+            writers.setdefault(uri_key(out), []).append(r.row)
+    bad: dict[int, str] = {}
+    for r in reqs:
+        for col, out in _writes(r):
+            key, what = uri_key(out), "output" if col == "output" else "preview output"
+            others = sorted({n for n in writers[key] if n != r.row})
+            own = {uri_key(r.driving): ("driving", r.row), uri_key(r.source): ("source", r.row)}
+            if key in inputs:  # the row's own input named first
+                name = _input_name(*own.get(key, inputs[key]), r.row)
+                bad.setdefault(r.row, f"column '{col}': {what} {_show(out)} is {name}: it would be overwritten")
+            elif others:
+                bad.setdefault(r.row, f"column '{col}': {what} {_show(out)} is also written by row(s) "
+                                      f"{', '.join(map(str, others))}")
+            elif len(writers[key]) > 1:
+                bad.setdefault(r.row, f"column '{col}': output and preview output are the same file {_show(out)}")
+    return bad
+
+
+def _fail_clashes(man: Manifest, strict: bool) -> None:
+    bad = _clash_reasons(man.uri, man.requests)
+    for r in man.requests:
+        if r.row in bad:
+            msg = f"{man.uri}: row {r.row}: {bad[r.row]}"
+            if strict:
+                raise ManifestError(msg)
+            man.invalid.append(InvalidRow(r.row, r.request_id, r.source, r.driving, msg))
+    man.requests = [r for r in man.requests if r.row not in bad]
+    man.invalid.sort(key=lambda b: b.row)
+
+
+# --------------------------------------------------------------------------------------------- the manifest
+
+def _cell_text(v: Any) -> Optional[str]:
+    return None if v is None else _show(v) if isinstance(v, (str, bytes)) and len(v) > MAX_TEXT_CHARS else str(v)
+
+
+def _invalid_row(uri: str, n: int, raw: Mapping[str, Any], exc: Exception, seen: Mapping[str, int]) -> InvalidRow:
+    src, drv = raw.get("source"), raw.get("driving")
+    given = raw.get("request_id")
+    given = given.strip() if isinstance(given, str) and len(given) <= MAX_TEXT_CHARS else ""
+    rid = given if valid_request_id(given) and given not in seen else \
+        ids.request_id(str(src), str(drv), {"invalid_row": n, "raw": {k: str(v) for k, v in raw.items()}})
+    return InvalidRow(n, rid, _cell_text(src), _cell_text(drv), f"{uri}: row {n}: {exc}")
 
 
 def read_manifest(uri: str, out: str, *, strict: bool = False) -> Manifest:
     """Read and validate a request manifest; ``out`` is the run's output root (for default ``output`` URIs)."""
-    cols, rows = read_raw_rows(uri)
-    unknown = [c for c in cols if c not in COLUMNS]
-    if unknown:
-        raise ManifestError(f"{uri}: unknown column(s) {', '.join(repr(c) for c in unknown)}; "
-                            f"allowed: {', '.join(COLUMNS)}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
-    if missing:
-        raise ManifestError(f"{uri}: missing required column(s) {', '.join(repr(c) for c in missing)}")
+    cols, rows, errors = _read_rows(uri)
+    _check_columns(uri, cols)
     base = storage.parent(uri)
     man = Manifest(uri=uri)
     seen: dict[str, int] = {}
     for n, raw in enumerate(rows, 1):
         try:
+            if n in errors:
+                raise _RowError(errors[n])
             req = parse_row(raw, n, out, base)
             if req.request_id in seen:
-                raise _RowError(f"duplicate request_id {req.request_id!r} (first in row {seen[req.request_id]})")
+                raise _RowError(f"duplicate request_id {_show(req.request_id)} (first in row {seen[req.request_id]})")
             seen[req.request_id] = n
             man.requests.append(req)
         except ValueError as exc:
-            msg = f"{uri}: row {n}: {exc}"
             if strict:
-                raise ManifestError(msg) from exc
-            src, drv = raw.get("source"), raw.get("driving")
-            given = raw.get("request_id")
-            given = given.strip() if isinstance(given, str) else ""
-            rid = given if valid_request_id(given) and given not in seen else \
-                ids.request_id(str(src), str(drv), {"invalid_row": n, "raw": {k: str(v) for k, v in raw.items()}})
-            man.invalid.append(InvalidRow(n, rid, None if src is None else str(src),
-                                          None if drv is None else str(drv), msg))
+                raise ManifestError(f"{uri}: row {n}: {exc}") from exc
+            man.invalid.append(_invalid_row(uri, n, raw, exc, seen))
+    _fail_clashes(man, strict)
     return man
 
 
