@@ -6,10 +6,16 @@ Every entry point (``mf retarget``, ``mf dataset``, ``mf serve``, ``mf demo``, t
 
 Which cluster (Ray's convention): ``address`` if given, else ``RAY_ADDRESS`` (set by Ray Jobs and KubeRay for
 entrypoints), else a local Ray started here. Which one is logged. A local Ray uses token authentication unless
-``RAY_AUTH_MODE`` says otherwise (:func:`local_auth`), writes no usage stats and skips the dashboard. Ray 2.60 cannot
+``RAY_AUTH_MODE`` says otherwise (:func:`local_auth`), writes no usage stats and skips the dashboard. mf writes no
+token file: without a configured token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) the token
+lives in this process's environment and the Ray it starts, also when Ray was imported before :func:`connect_ray`
+(then Ray itself turns token mode on for the new local cluster, and finds the token there instead of writing
+``~/.ray/auth_token``). An existing ``~/.ray/auth_token`` that others can read is used, with a warning. Ray 2.60 cannot
 be held to the loopback address (``ray.init`` resolves 127.0.0.1 to the node's reachable address, and its GCS and
 raylet listen on every interface), so the token is what keeps other hosts out; ``RAY_AUTH_MODE=disabled`` runs it
-open, for trusted networks only. The Serve HTTP proxy of ``mf serve`` binds to ``--host`` (127.0.0.1 by default).
+open, for trusted networks only. The Serve HTTP proxy of ``mf serve`` binds to ``--host`` (127.0.0.1 by default);
+the Serve proxies of a local Ray get mf's HTTP limits (:data:`PROXY_CALLBACK`, :mod:`jobs.serve.http_guard`) unless
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` is set already.
 
 Console (set by :mod:`jobs.cli`, see its docstring): :func:`quiet_native_env` sets the variables that quiet native
 libraries' logging (a local Ray started afterwards passes them on to its workers: they inherit this process's
@@ -32,6 +38,7 @@ QUIET_NATIVE_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
 # Ray's Python loggers that print through their own stderr handlers and do not propagate
 RAY_LOGGERS = ("ray", "ray.data")
 _route = {"ray_logs": False}
+DEFAULT_TOKEN_FILE = "~/.ray/auth_token"  # where Ray looks for a token (and writes one, were it left to it)
 
 
 def quiet_native_env() -> None:
@@ -63,6 +70,10 @@ def _route_ray_loggers() -> None:
         logger.propagate = True
 
 
+PROXY_CALLBACK_VAR = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"  # read by every Ray Serve proxy at its start
+PROXY_CALLBACK = "jobs.serve.http_guard:proxy_middlewares"  # the proxies' own HTTP limits
+
+
 def connect_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None, **local_options: Any) -> str:
     """Join or start Ray (see the module docstring); a no-op when this process is connected already.
 
@@ -71,8 +82,10 @@ def connect_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address and "ray" not in sys.modules:
-        local_auth()  # before ray is imported: the driver reads RAY_AUTH_MODE at import
+    imported = sys.modules.get("ray")
+    if not address and (imported is None or not imported.is_initialized()):
+        local_auth()  # best before ray is imported: the driver reads RAY_AUTH_MODE at import
+        os.environ.setdefault(PROXY_CALLBACK_VAR, PROXY_CALLBACK)  # the Serve proxies of the Ray started here
     import ray
 
     if _route["ray_logs"]:
@@ -91,13 +104,30 @@ def connect_ray(address: Optional[str] = None, *, num_cpus: Optional[int] = None
 def local_auth() -> str:
     """Token authentication for a local Ray unless ``RAY_AUTH_MODE`` says otherwise: with no token configured
     (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) a random one is made for this process and
-    the Ray it starts, and nobody else. Returns the mode."""
-    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
-    configured = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
-        or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+    the Ray it starts, and nobody else; nothing is written to disk. Once Ray is imported an unset ``RAY_AUTH_MODE``
+    stays unset (the driver read it at import; ``ray.init`` turns token mode on for a new local cluster itself).
+    Returns the mode."""
+    if "ray" in sys.modules:
+        mode = os.environ.get("RAY_AUTH_MODE") or "token"
+    else:
+        mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
+    default = os.path.expanduser(DEFAULT_TOKEN_FILE)
+    configured = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.exists(default)
     if mode == "token" and not configured:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    elif mode == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+        _warn_readable(os.environ.get("RAY_AUTH_TOKEN_PATH") or default)
     return mode
+
+
+def _warn_readable(path: str) -> None:
+    """Warn when the token file Ray will use can be read by other users."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("the Ray token file %s can be read by other users (mode %o): chmod 600 it", path, mode & 0o777)
 
 
 def cluster_gpus() -> float:

@@ -67,6 +67,9 @@ def ray_local():
     """One real local Ray cluster for the whole session."""
     import ray
 
+    from jobs.runtime import PROXY_CALLBACK, PROXY_CALLBACK_VAR
+
+    os.environ.setdefault(PROXY_CALLBACK_VAR, PROXY_CALLBACK)  # the HTTP guard, as a local mf Ray has it
     tmp = tempfile.mkdtemp(prefix="mfray", dir="/tmp")
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024 * 1024,
              _temp_dir=tmp, ignore_reinit_error=True, log_to_driver=False)

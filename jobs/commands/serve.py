@@ -1,7 +1,12 @@
-"""``mf serve``: run the Ray Serve edit endpoint (see :mod:`jobs.serve` for the HTTP API)."""
+"""``mf serve``: run the Ray Serve edit endpoint (see :mod:`jobs.serve` for the HTTP API).
+
+Ray is set up by :func:`jobs.runtime.connect_ray` before anything imports it, as in every other command: a local Ray
+gets mf's token set-up (a token in this process's environment, inherited by the Ray it starts; no token file).
+"""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -31,16 +36,19 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from jobs.runtime import connect_ray
+
+    if not (os.environ.get("MF_SERVE_TOKENS") or os.environ.get("MF_SERVE_TOKEN")):
+        raise ValueError("no API token configured: set MF_SERVE_TOKENS (comma-separated bearer tokens)")
+    connect_ray(args.address)  # first: Ray is imported below, after mf's own token set-up for a local Ray
     from ray import serve
 
-    from jobs.runtime import connect_ray
     from jobs.serve import ServeConfig, build_app
 
     overrides = {"root": args.root, "weights": args.weights, "queue_size": args.queue, "replicas": args.replicas,
                  "gpus_per_replica": args.gpus_per_replica}
     cfg = ServeConfig.from_env(**{k: v for k, v in overrides.items() if v is not None})
     app = build_app(cfg)
-    connect_ray(args.address)
     stop = threading.Event()  # SIGTERM stops cleanly from here on (Ray's own handler would abort the process)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     serve.start(http_options={"host": args.host, "port": args.port})

@@ -7,6 +7,7 @@ is complete the API replica takes a slot of the bounded queue (edits queued or r
 ``max_queued_per_token`` per token), saves and checks the inputs, writes the edit's first state and hands the
 request to an :class:`~jobs.serve.worker.EditWorker` replica through its deployment handle; status, video and
 delete read the state and files from storage. A timer sweeps expired files (:mod:`jobs.serve.sweep`).
+Failures and restarts (the owner leases, orphans re-queued or failed): :mod:`jobs.serve.lifecycle`.
 """
 import asyncio
 import hmac
@@ -25,9 +26,24 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from jobs.serve.config import ServeConfig
-from jobs.serve.inputs import CHUNK_BYTES, LABELS, check_cost, check_limits, input_uris, parse_edit, with_inputs
+from jobs.serve.inputs import (
+    CHUNK_BYTES,
+    LABELS,
+    check_cost,
+    check_limits,
+    input_uris,
+    parse_edit,
+    with_inputs,
+)
+from jobs.serve.lifecycle import EditLifecycle, worker_failure
 from jobs.serve.limits import BodyGuard, BodyLimits, read_form
-from jobs.serve.store import EditGone, StateStore, namespace, valid_edit_id
+from jobs.serve.store import (
+    StateStore,
+    is_active,
+    namespace,
+    new_owner_id,
+    valid_edit_id,
+)
 from jobs.serve.sweep import Sweeper
 from pipelines.batch.metrics import PipelineMetrics
 from pipelines.batch.requests import Request
@@ -100,14 +116,15 @@ def _too_many(detail: str) -> HTTPException:
 
 @serve.deployment(name="EditAPI", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 @serve.ingress(fastapi_app)
-class EditAPI:
+class EditAPI(EditLifecycle):
     """The routes. ``worker`` is the handle of the app's :class:`~jobs.serve.worker.EditWorker` deployment."""
 
     def __init__(self, worker: DeploymentHandle, cfg: ServeConfig):
         self.worker = worker
         self.cfg = cfg
         self.store = StateStore(cfg.root)
-        self.sweeper = Sweeper(self.store, cfg.retention_s)
+        self.owner = new_owner_id()
+        self.sweeper = Sweeper(self.store, cfg.retention_s, owner=self.owner)
         self.pipeline_metrics = PipelineMetrics()
         self.http_requests = Counter("mf_serve_http_requests", "HTTP requests of the edit API, by route and status "
                                      "code", ["route", "code"], registry=self.pipeline_metrics.registry)
@@ -116,6 +133,19 @@ class EditAPI:
         self.tokens = {namespace(t): t for t in cfg.tokens}
         self._tasks: set[asyncio.Task] = set()
         self._sweeping: Optional[asyncio.Task] = None
+        self.ended: dict[str, tuple[str, dict]] = {}  # edit id → (namespace, failure) storage has not taken yet
+        self.watched: set[tuple[str, str]] = set()  # active edits of other live replicas (orphans once they lapse)
+        self._scanned = False  # the whole root was looked at for orphans
+        self._keeping: Optional[asyncio.Task] = None
+        self._start_keeping()
+
+    def __del__(self):
+        """Serve's graceful shutdown: drop this replica's lease, so a restart takes its edits over at once."""
+        if getattr(self, "_keeping", None) is not None:
+            try:
+                self.store.drop_lease(self.owner)
+            except Exception:  # noqa: BLE001 - it lapses on its own
+                pass
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def observe_http(self, route: str, code: int, seconds: float) -> None:
@@ -170,10 +200,22 @@ class EditAPI:
         ns = self.auth(authorization)
         if not valid_edit_id(edit_id):
             raise HTTPException(404, "no such edit")
-        state = await asyncio.to_thread(self.store.read, ns, edit_id)
+        state = await self.current(ns, edit_id)
         if state is None:
             raise HTTPException(404, "no such edit")
         return ns, state
+
+    async def current(self, ns: str, edit_id: str) -> Optional[dict]:
+        """The edit's state: from storage, with a failure this replica holds (not written yet) over it."""
+        held = self.ended.get(edit_id)
+        held = held[1] if held and held[0] == ns else None
+        try:
+            state = await asyncio.to_thread(self.store.read, ns, edit_id)
+        except Exception:  # noqa: BLE001 - storage does not answer: what this replica knows
+            if held is None:
+                raise
+            return {"id": edit_id, **held}
+        return {**state, **held} if held and is_active(state) else state
 
     def take_slot(self, ns: str) -> str:
         """A new edit id holding a queue slot; 429 when the queue (or the token's share) is full."""
@@ -194,10 +236,15 @@ class EditAPI:
         return req
 
     def enqueue(self, ns: str, edit_id: str, req: Request) -> None:
-        """The edit's first state and its worker task."""
+        """The edit's first state (its owner, parameters and inputs: what a restart needs) and its worker task."""
         state = {"id": edit_id, "state": "queued", "progress": 0.0, "error": None, "created_at": time.time(),
-                 "params": req.params()}
+                 "params": req.params(), "owner": self.owner, "inputs": {"source": req.source,
+                                                                          "driving": req.driving}}
         self.store.write(ns, edit_id, state)
+        self.start(ns, edit_id, req)
+
+    def start(self, ns: str, edit_id: str, req: Request) -> None:
+        """The worker task of a queued edit (holding its queue slot)."""
         task = asyncio.get_running_loop().create_task(self.run_edit(ns, edit_id, req.to_dict()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -208,13 +255,9 @@ class EditAPI:
             row = await self.worker.run.remote(ns, edit_id, request)
             if isinstance(row, dict) and "status" in row:
                 self.pipeline_metrics.record_result_row(row)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the worker died, or storage failed it
             log.exception("edit %s failed in the worker", edit_id)
-            try:
-                await asyncio.to_thread(self.store.update, ns, edit_id, state="failed",
-                                        error=f"the edit worker failed ({type(exc).__name__})")
-            except EditGone:
-                pass
+            await self.end_failed(ns, edit_id, worker_failure(exc, ns, self.store.root))
             self.pipeline_metrics.request_finished("failed")
         finally:
             self.active.pop(edit_id, None)
@@ -223,6 +266,7 @@ class EditAPI:
         """Start the expiry timer of this replica (once, on the first request: the event loop runs by then)."""
         if self._sweeping is None:
             self._sweeping = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self._start_keeping()
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -282,4 +326,5 @@ class EditAPI:
         ns, _ = await self.owned(edit_id, authorization)
         await asyncio.to_thread(self.store.bury, ns, edit_id)
         self.active.pop(edit_id, None)
+        self.ended.pop(edit_id, None)
         return Response(status_code=204)

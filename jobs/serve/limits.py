@@ -17,11 +17,8 @@ request:
   starts once the body is in.
 
 What Ray Serve's proxy (and the replica's own receive task) read ahead of the app is outside its reach: they pull a
-body as fast as the client sends it, with no back-pressure. A body whose declared length is within the limit cannot
-go past it; for any other body (chunked, declared over the limit, or refused before reading) what they hold is
-bounded by the time from the limit to the closed connection — tens of MB at loopback speed on a loaded host, a few
-MB over a real network link. A front proxy with a body limit (``client_max_body_size``, the ingress's
-``proxy-body-size``) removes that too.
+body as fast as the client sends it. The proxy holds its own outer bound (:mod:`jobs.serve.http_guard`: the same
+body limit, the head, idle connections); a front proxy with request buffering on disk removes the rest.
 
 :func:`read_form` parses the spooled body with small caps on non-file fields and on field and file counts.
 """

@@ -7,14 +7,21 @@ Layout under the storage root::
     edits/<namespace>/<id>/inputs/          its uploads, stored as source.<ext> / driving.<ext>
     edits/<namespace>/<id>/result.mp4       ... and everything the pipeline writes
     tombstones/<namespace>/<id>             written by DELETE *before* the edit folder is removed
+    owners/<owner>                          the lease of a live API replica: ``{"beat": <time>}``
 
 A tombstone is final: every writer checks it before writing (:meth:`StateStore.write` raises :class:`EditGone`; the
 worker's ``cancel`` callable makes the pipeline raise), and a write that raced past the check is removed again by
 :meth:`StateStore.write` itself or by the worker's clean-up once its run ends, so a deleted edit leaves no files.
+
+Each API replica has an owner id (:func:`new_owner_id`), written into the state of every edit it accepts or takes
+over, and renews its lease every :data:`LEASE_BEAT_S`; a lease not renewed for :data:`LEASE_TTL_S` (or missing)
+means its replica is gone, and so is whoever ran that owner's queued and running edits (they are orphans: see
+:mod:`jobs.serve.sweep`).
 """
 import hashlib
 import json
 import re
+import secrets
 import time
 from typing import Any, Optional
 
@@ -24,6 +31,14 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running")
 # ids of edits (``secrets.token_urlsafe``): checked on every route before storage is touched
 EDIT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+OWNER_RE = re.compile(r"^[0-9a-f]{16}$")
+STATE_FILE = "state.json"
+LEASE_BEAT_S = 5.0  # an API replica renews its lease this often
+LEASE_TTL_S = 30.0  # a lease not renewed for this long is dead
+
+
+def new_owner_id() -> str:
+    return secrets.token_hex(8)
 
 
 def namespace(token: str) -> str:
@@ -35,13 +50,18 @@ def valid_edit_id(edit_id: str) -> bool:
     return bool(EDIT_ID_RE.match(edit_id))
 
 
+def is_active(state: Optional[dict[str, Any]]) -> bool:
+    """The edit is queued or running."""
+    return state is not None and state.get("state") in ACTIVE_STATES
+
+
 def is_cancelled(state: Optional[dict[str, Any]]) -> bool:
     """The edit was deleted or cancelled meanwhile."""
     return state is None or state.get("state") == "cancelled"
 
 
 class EditGone(Exception):
-    """The edit was deleted (it has a tombstone): nothing more may be written for it."""
+    """The edit was deleted (it has a tombstone), or ended elsewhere: nothing more may be written for it."""
 
 
 class StateStore:
@@ -65,7 +85,7 @@ class StateStore:
 
     def read(self, ns: str, edit_id: str) -> Optional[dict]:
         """The edit's state; None for an edit that does not exist or was deleted."""
-        uri = storage.join(self.edit_dir(ns, edit_id), "state.json")
+        uri = storage.join(self.edit_dir(ns, edit_id), STATE_FILE)
         if self.buried(ns, edit_id) or not storage.exists(uri):
             return None
         try:
@@ -78,7 +98,7 @@ class StateStore:
         if self.buried(ns, edit_id):
             raise EditGone(edit_id)
         state = {**state, "updated_at": time.time()}
-        storage.atomic_write_text(storage.join(self.edit_dir(ns, edit_id), "state.json"), json.dumps(state))
+        storage.atomic_write_text(storage.join(self.edit_dir(ns, edit_id), STATE_FILE), json.dumps(state))
         if self.buried(ns, edit_id):  # the delete raced past the check above: take the write back
             self.remove(ns, edit_id)
             raise EditGone(edit_id)
@@ -99,9 +119,40 @@ class StateStore:
         """Remove the edit's folder (no tombstone: e.g. a refused request, or leftovers of a deleted edit)."""
         self.remove_uri(self.edit_dir(ns, edit_id))
 
-    def remove_inputs(self, ns: str, edit_id: str) -> None:
-        """Remove the edit's uploads (once it has ended)."""
-        self.remove_uri(storage.join(self.edit_dir(ns, edit_id), "inputs"))
+    def remove_files(self, ns: str, edit_id: str) -> None:
+        """Remove everything of the edit but its state (a failed edit: uploads, windows, partial outputs)."""
+        edit_dir = self.edit_dir(ns, edit_id)
+        for name in storage.listdir(edit_dir):
+            if name != STATE_FILE:
+                self.remove_uri(storage.join(edit_dir, name))
+
+    # -- leases of the API replicas ------------------------------------------------------------------------------
+    def lease(self, owner: str) -> str:
+        if not OWNER_RE.match(owner):
+            raise ValueError("invalid owner id")
+        return storage.join(self.root, "owners", owner)
+
+    def beat(self, owner: str) -> None:
+        """Renew ``owner``'s lease."""
+        storage.atomic_write_text(self.lease(owner), json.dumps({"beat": time.time()}))
+
+    def lease_beat(self, owner: str) -> Optional[float]:
+        """When ``owner`` last renewed its lease; None without a (readable) lease."""
+        try:
+            beat = json.loads(storage.read_bytes(self.lease(owner))).get("beat")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        return float(beat) if isinstance(beat, (int, float)) else None
+
+    def alive(self, owner: Any, now: Optional[float] = None) -> bool:
+        """``owner`` is a live API replica: a valid id whose lease was renewed within :data:`LEASE_TTL_S`."""
+        if not isinstance(owner, str) or not OWNER_RE.match(owner):
+            return False
+        beat = self.lease_beat(owner)
+        return beat is not None and (time.time() if now is None else now) - beat <= LEASE_TTL_S
+
+    def drop_lease(self, owner: str) -> None:
+        storage.remove(self.lease(owner))
 
     @staticmethod
     def remove_uri(uri: str) -> None:

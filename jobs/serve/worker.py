@@ -5,16 +5,24 @@ Cancellation stops the work: the pipeline gets a ``cancel`` callable (:class:`Ca
 a tombstone) that it checks between sampler steps and before every write. Once the run has stopped, anything a
 write that raced the delete left in the edit's folder is removed, so the replica is free for the next edit within
 about one sampler step of a DELETE and a deleted edit leaves no files.
+
+A run starts only for an edit still queued or running (one the API has not failed or finished meanwhile) whose inputs
+still pass the limits and the cost cap (checked again here: a storage URI may have been rewritten since the API
+checked it), and stops at its next progress write once the edit has ended elsewhere. A failed edit leaves only its
+state: its uploads, windows and partial outputs are removed at once. A storage error (a state write failing, an
+output that cannot be written) fails the edit with the reason; where even that state cannot be written, the error
+reaches the API replica, which keeps the failure and writes it later (:mod:`jobs.serve.api`).
 """
 import logging
 import time
 from typing import Any, Optional
 
+from fastapi import HTTPException
 from ray import serve
 
 from jobs.serve.config import ServeConfig
-from jobs.serve.inputs import scrub
-from jobs.serve.store import EditGone, StateStore, is_cancelled
+from jobs.serve.inputs import LABELS, check_cost, check_limits, scrub
+from jobs.serve.store import EditGone, StateStore, is_active, is_cancelled
 from pipelines.batch.config import ModelSpec, RunConfig
 from pipelines.batch.identity import model_key
 from pipelines.batch.requests import Request
@@ -26,6 +34,11 @@ log = logging.getLogger("mf.serve")
 PROGRESS_INTERVAL_S = 0.5  # at most one progress write per interval (the last window is always written)
 CANCEL_CHECK_S = 0.2  # the tombstone is looked up at most this often while an edit runs
 CANCELLED = {"state": "cancelled"}
+
+
+def _ended(state: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """What :meth:`EditWorker.run` returns for an edit it does not (or no longer) run."""
+    return CANCELLED if is_cancelled(state) else {"state": state.get("state")}
 
 
 class CancelCheck:
@@ -60,7 +73,7 @@ class ProgressWriter:
             return
         self._last = now
         cur = self.store.read(self.ns, self.edit_id)
-        if is_cancelled(cur):
+        if not is_active(cur):  # deleted, or ended elsewhere (the API failed it): nothing more is written
             raise EditGone(self.edit_id)
         self.store.write(self.ns, self.edit_id, {**cur, "progress": round(done / max(total, 1), 3)})
 
@@ -85,15 +98,25 @@ class EditWorker:
         except EditGone:
             return CANCELLED
         finally:
-            if self.store.buried(ns, edit_id):  # writes that raced the delete: take them back
-                self.store.remove(ns, edit_id)
+            self._clean_up(ns, edit_id)
+
+    def _clean_up(self, ns: str, edit_id: str) -> None:
+        """Once a run has stopped: take back writes that raced a delete; a failed edit keeps only its state."""
+        if self.store.buried(ns, edit_id):
+            self.store.remove(ns, edit_id)
+        elif (self.store.read(ns, edit_id) or {}).get("state") == "failed":
+            self.store.remove_files(ns, edit_id)
 
     def _run(self, ns: str, edit_id: str, request: dict[str, Any]) -> dict[str, Any]:
         cancel = CancelCheck(self.store, ns, edit_id)
-        if cancel() or is_cancelled(self.store.read(ns, edit_id)):
-            return CANCELLED
-        self.store.update(ns, edit_id, state="running", started_at=time.time())
+        cur = None if cancel() else self.store.read(ns, edit_id)
+        if not is_active(cur):  # deleted, or ended meanwhile: not run (again)
+            return _ended(cur)
         req = Request(**request)
+        refused = self._recheck(req)
+        if refused:  # the inputs changed since they were accepted (a storage URI rewritten), or the caps did
+            return self._finish(ns, edit_id, {"status": "failed", "error": refused})
+        self.store.update(ns, edit_id, state="running", started_at=time.time())
         run_cfg = RunConfig(manifest="", out=self.store.edit_dir(ns, edit_id), model=self.spec)
         try:
             row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id),
@@ -107,17 +130,25 @@ class EditWorker:
             row = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         return self._finish(ns, edit_id, row)
 
+    def _recheck(self, req: Request) -> Optional[str]:
+        """The inputs' limits and the edit's cost, checked again as the API checked them (the probe is cached by
+        content, so an unchanged input costs a lookup): why not to run it, or None."""
+        try:
+            frames = {label: check_limits(getattr(req, label), label, self.cfg) for label in LABELS}
+            check_cost(req, frames["source"], self.cfg)
+        except HTTPException as exc:
+            return f"not run: {exc.detail}"
+        return None
+
     def _finish(self, ns: str, edit_id: str, row: dict[str, Any]) -> dict[str, Any]:
-        """The result row into the edit's state (unless it was deleted meanwhile); a failed edit's uploads go."""
+        """The result row into the edit's state (unless it was deleted or ended meanwhile)."""
         cur = self.store.read(ns, edit_id)
-        if is_cancelled(cur):
-            return CANCELLED
+        if not is_active(cur):
+            return _ended(cur)
         ok = row.get("status") == "succeeded"
         error: Optional[str] = None if ok else scrub(str(row.get("error")), ns, self.store.root)
         self.store.write(ns, edit_id, {
             **cur, "state": "succeeded" if ok else "failed", "progress": 1.0 if ok else cur.get("progress", 0.0),
             "error": error, "output": row.get("output_uri"),
             "frames": row.get("frames"), "fps": row.get("fps"), "finished_at": time.time()})
-        if not ok:
-            self.store.remove_inputs(ns, edit_id)
         return row

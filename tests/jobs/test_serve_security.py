@@ -179,10 +179,11 @@ def _settle(pids: list[int], busy_percent: float = 10.0, host_percent: float = 5
 
 
 class PeakGrowth:
-    """Peak RSS growth of the processes named by ``marker`` while the block runs (VmHWM reset by clear_refs)."""
+    """Peak RSS growth of the processes named by ``marker`` (or of ``pids``) while the block runs (VmHWM reset by
+    clear_refs)."""
 
-    def __init__(self, marker: str):
-        self.pids = _pids(marker)
+    def __init__(self, marker: str, pids: list[int] | None = None):
+        self.pids = _pids(marker) if pids is None else pids
         assert self.pids, f"no process {marker}"
 
     def __enter__(self):
