@@ -43,18 +43,20 @@ def run_app(cfg, port: int, attempts: int = 150) -> str:
     return base
 
 
-def start_mf_serve(tmp_path: Path, port: int, ray_tmp: str, token: str, **env_vars: str) -> subprocess.Popen:
-    """``mf serve --port port`` in its own session, with a fresh HOME and TMPDIR under ``tmp_path`` and none of the
-    tests' RAY_AUTH*/RAY_ADDRESS/MF_SERVE*/MF_HTTP*/Serve-proxy variables (``env_vars`` are added)."""
+def start_mf_serve(tmp_path: Path, port: int, ray_tmp: str, token: str, root: Path | None = None,
+                   **env_vars: str) -> subprocess.Popen:
+    """``mf serve --port port`` in its own session, with a fresh HOME and TMPDIR under ``tmp_path``, its storage
+    root ``root`` (default ``tmp_path/root``) and none of the tests' RAY_AUTH*/RAY_ADDRESS/MF_SERVE*/MF_HTTP*/
+    Serve-proxy variables (``env_vars`` are added)."""
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(parents=True)
     (tmp_path / "tmp").mkdir()
     drop = ("RAY_AUTH", "RAY_ADDRESS", "MF_SERVE", "MF_HTTP", "RAY_SERVE_HTTP_PROXY_CALLBACK")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(HOME=str(home), RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp_path / "tmp"), PYTHONPATH=str(REPO),
                MF_SERVE_TOKENS=token, RAY_USAGE_STATS_ENABLED="0", **env_vars)
     cmd = [sys.executable, "-c", "import sys; from jobs.cli import main; sys.exit(main(sys.argv[1:]))", "serve",
-           "--port", str(port), "--root", str(tmp_path / "root")]
+           "--port", str(port), "--root", str(root or tmp_path / "root")]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -73,12 +75,13 @@ def wait_healthy(proc: subprocess.Popen, base: str, timeout: float = 240) -> Non
 
 
 @contextlib.contextmanager
-def mf_serve(tmp_path: Path, token: str, **env_vars: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def mf_serve(tmp_path: Path, token: str, root: Path | None = None,
+             **env_vars: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """A running ``mf serve`` (see :func:`start_mf_serve`): yields the process and its base URL; killed with its
     whole process group at the end, whatever the test did."""
     port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="mfsv", dir="/tmp")  # short: Ray's socket paths
-    proc = start_mf_serve(tmp_path, port, ray_tmp, token, **env_vars)
+    proc = start_mf_serve(tmp_path, port, ray_tmp, token, root, **env_vars)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(proc, base)

@@ -62,6 +62,11 @@ def test_a_run_with_temp_on_tmpfs_and_out_on_disk(tmp_path):
     from jobs.commands.demo import make_demo_inputs
 
     demo = make_demo_inputs(str(tmp_path / "inputs"), frames=8, fps=8, size=64, steps=2, window=8, overlap=0)
+    import json
+
+    row = json.loads(Path(demo.manifest).read_text())  # and a second row whose own output is on the tmpfs
+    second = {**row, "request_id": "own-output", "output": str(temp / "own" / "own-output.mp4")}
+    Path(demo.manifest).write_text(json.dumps(row) + "\n" + json.dumps(second) + "\n")
     env = {**os.environ, "TMPDIR": str(temp), "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "retarget", demo.manifest, "--out", str(out / "run"),
                            "--actors", "1"], env=env, capture_output=True, text=True, timeout=600,
@@ -70,5 +75,27 @@ def test_a_run_with_temp_on_tmpfs_and_out_on_disk(tmp_path):
     import pyarrow.parquet as pq
 
     rows = pq.read_table(out / "run" / "results.parquet").to_pylist()
-    assert [r["status"] for r in rows] == ["succeeded"], rows
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded"], rows
     assert (out / "run" / "videos" / "demo-waving.mp4").stat().st_size > 0
+    assert (temp / "own" / "own-output.mp4").stat().st_size > 0
+
+
+def test_a_serve_root_on_tmpfs_with_temp_on_disk(tmp_path, fixture_cases):
+    """``mf serve`` with its storage root on a tmpfs and ``TMPDIR`` on the disk: an upload edited and served."""
+    import requests
+
+    from tests.jobs.media_helpers import write_clip
+    from tests.jobs.net_helpers import mf_serve
+    from tests.jobs.test_serve import PARAMS, TOKEN_A, _auth, _wait
+
+    shm, _ = _pairs(tmp_path)[0]
+    src = write_clip(fixture_cases, "s1", tmp_path / "media" / "source.mp4", frames=8, side=256)
+    drv = write_clip(fixture_cases, "m1", tmp_path / "media" / "driving.mp4", frames=8, side=256)
+    with mf_serve(tmp_path / "serve", TOKEN_A, root=shm / "root") as (_, base):
+        files = {"source": ("source.mp4", src.read_bytes()), "driving": ("driving.mp4", drv.read_bytes())}
+        r = requests.post(base + "/v1/edits", headers=_auth(), data=PARAMS, files=files, timeout=120)
+        assert r.status_code == 202, r.text
+        state = _wait(base, r.json()["id"])
+        assert state["state"] == "succeeded", state
+        video = requests.get(base + f"/v1/edits/{r.json()['id']}/video", headers=_auth(), timeout=60)
+        assert video.status_code == 200 and len(video.content) > 0
