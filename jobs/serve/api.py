@@ -10,6 +10,7 @@ delete read the state and files from storage. A timer sweeps expired files (:mod
 Failures and restarts (the owner leases, orphans re-queued or failed): :mod:`jobs.serve.lifecycle`.
 """
 import asyncio
+import errno
 import hmac
 import logging
 import secrets
@@ -108,6 +109,16 @@ def new_edit_id() -> str:
     while not (edit_id := secrets.token_urlsafe(18))[0].isalnum():
         pass
     return edit_id
+
+
+def storage_refusal(exc: OSError) -> HTTPException:
+    """507 for a full storage root, 503 (retry later) for any other storage error; the errno's name, no path."""
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HTTPException(507, f"the service's storage is full ({name}); retry later",
+                             headers={"Retry-After": RETRY_AFTER_S})
+    return HTTPException(503, f"the service's storage is unavailable ({name}); retry later",
+                         headers={"Retry-After": RETRY_AFTER_S})
 
 
 def _too_many(detail: str) -> HTTPException:
@@ -235,6 +246,13 @@ class EditAPI(EditLifecycle):
         check_cost(req, frames["source"], self.cfg)
         return req
 
+    def _discard(self, ns: str, edit_id: str) -> None:
+        """What a refused edit left (best effort: storage may be what refused it)."""
+        try:
+            self.store.remove(ns, edit_id)
+        except OSError as exc:
+            log.warning("edit %s: its files could not be removed (%s)", edit_id, type(exc).__name__)
+
     def enqueue(self, ns: str, edit_id: str, req: Request) -> None:
         """The edit's first state (its owner, parameters and inputs: what a restart needs) and its worker task."""
         state = {"id": edit_id, "state": "queued", "progress": 0.0, "error": None, "created_at": time.time(),
@@ -296,11 +314,14 @@ class EditAPI(EditLifecycle):
             edit_id = self.take_slot(ns)
             try:
                 req = await self.accept(form, ns, edit_id)
-            except BaseException:
+                self.enqueue(ns, edit_id, req)
+            except BaseException as exc:
                 self.active.pop(edit_id, None)
-                await asyncio.to_thread(self.store.remove, ns, edit_id)
+                await asyncio.to_thread(self._discard, ns, edit_id)
+                if isinstance(exc, OSError):  # the root is full or read-only: say so, nothing of the edit is kept
+                    log.warning("edit %s not accepted: storage %s: %s", edit_id, type(exc).__name__, exc)
+                    raise storage_refusal(exc) from None
                 raise
-            self.enqueue(ns, edit_id, req)
         finally:
             await form.close()
         return JSONResponse({"id": edit_id, "status_url": f"{EDITS_PATH}/{edit_id}",

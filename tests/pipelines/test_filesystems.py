@@ -99,3 +99,44 @@ def test_a_serve_root_on_tmpfs_with_temp_on_disk(tmp_path, fixture_cases):
         assert state["state"] == "succeeded", state
         video = requests.get(base + f"/v1/edits/{r.json()['id']}/video", headers=_auth(), timeout=60)
         assert video.status_code == 200 and len(video.content) > 0
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs of its own (root only: mount); unmounted at the end."""
+    point = tmp_path / "small"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_full_or_read_only_serve_root_is_answered_clearly(tmp_path, fixture_cases, small_tmpfs):
+    """Uploads onto a full root answer 507, onto a read-only root 503, each naming the problem (no path), and
+    keep no queue slot: the service answers the next edit once storage is back."""
+    import requests
+
+    from tests.jobs.media_helpers import write_clip
+    from tests.jobs.net_helpers import mf_serve
+    from tests.jobs.test_serve import PARAMS, TOKEN_A, _auth
+
+    src = write_clip(fixture_cases, "s1", tmp_path / "media" / "source.mp4", frames=8, side=256)
+    drv = write_clip(fixture_cases, "m1", tmp_path / "media" / "driving.mp4", frames=8, side=256)
+    padded = src.read_bytes() + b"\0" * (1536 * 1024)  # more than the tmpfs holds
+    with mf_serve(tmp_path / "serve", TOKEN_A, root=small_tmpfs / "root") as (_, base):
+        def post(source: bytes) -> requests.Response:
+            files = {"source": ("source.mp4", source), "driving": ("driving.mp4", drv.read_bytes())}
+            return requests.post(base + "/v1/edits", headers=_auth(), data=PARAMS, files=files, timeout=120)
+
+        for _ in range(5):  # more than the token's queue share (4): refused edits hold no slot
+            r = post(padded)
+            assert r.status_code == 507 and "storage is full (ENOSPC)" in r.json()["detail"], r.text
+            assert str(small_tmpfs) not in r.text and r.headers.get("retry-after")
+        subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+        r = post(src.read_bytes())
+        assert r.status_code == 503 and "storage is unavailable (EROFS)" in r.json()["detail"], r.text
+        subprocess.run(["mount", "-o", "remount,rw", str(small_tmpfs)], check=True)
+        r = post(src.read_bytes())
+        assert r.status_code == 202, r.text
