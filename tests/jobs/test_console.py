@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import cli
+from jobs import console as cli
 
 REPO = Path(__file__).resolve().parents[2]
 NATIVE_MARKERS = ("inference_feedback_manager", "landmark_projection_calculator", "absl::InitializeLog",
