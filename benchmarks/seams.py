@@ -1,6 +1,6 @@
 """Seam metric with crossfade on and off, on a synthetic video whose windows are edited independently.
 
-A smoothly moving scene is split into overlapping windows (design §5); each window gets its own perturbation —
+A smoothly moving scene is split into overlapping windows; each window gets its own perturbation —
 a brightness/colour offset, a fixed noise texture and a sub-pixel shift, as independent window edits would differ —
 and the windows are stitched with a crossfade and with a hard cut. ``seam_score``
 (pipelines.windows.stitch) ≈ 1 means the

@@ -1,4 +1,4 @@
-"""Scheduled dataset generation (design §1.2): a YAML spec → pairs of (source, motion) → dated partitions.
+"""Scheduled dataset generation: a YAML spec → pairs of (source, motion) → dated partitions.
 
 A spec::
 
@@ -217,17 +217,12 @@ def run_dataset(spec: DatasetSpec, day: Optional[str] = None, *, address: Option
     write_manifest(rows, req_uri)
 
     from jobs.runtime import connect_ray, gpus_per_actor
-    from pipelines.batch.config import ModelSpec, ProcessingOptions, RunConfig, StageResources
+    from pipelines.batch.config import RunConfig
     from pipelines.batch.driver import run_pipeline
 
     connect_ray(address, num_cpus=num_cpus)
-    o = spec.run
-    gpus = gpus_per_actor(o.gpus_per_actor)
-    cfg = RunConfig(manifest=req_uri, out=info.partition, results_name=RESULTS_NAME,
-                    model=ModelSpec.for_gpus(gpus, weights=o.weights, preset=o.preset, dtype=o.dtype),
-                    resources=StageResources(actors=o.actors, gpus_per_actor=gpus, prepare_actors=o.prepare_actors),
-                    processing=ProcessingOptions(max_retries=o.max_retries, crossfade=o.crossfade,
-                                                 pose_backend=o.pose_backend))
+    cfg = RunConfig.build(spec.run, manifest=req_uri, out=info.partition, results_name=RESULTS_NAME,
+                          gpus=gpus_per_actor(spec.run.gpus_per_actor))
     summary = run_pipeline(cfg, metrics=metrics, progress=progress)
     info.ran_pipeline = True
     new_ids = set(info.new_ids)

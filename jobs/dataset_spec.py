@@ -13,11 +13,13 @@ from typing import Any, Optional
 
 import yaml
 
+from pipelines.batch.config import RunOptions
 from pipelines.batch.requests import COLUMNS, parse_row
 from pipelines.media import storage
 
 PAIRING_RULES = ("all", "random")
 EDIT_KEYS = tuple(c for c in COLUMNS if c not in ("source", "driving", "request_id", "output"))
+# the RunOptions a spec's ``run:`` may set (the others keep their defaults)
 RUN_KEYS = ("preset", "weights", "dtype", "actors", "prepare_actors", "gpus_per_actor", "max_retries",
             "pose_backend", "crossfade")
 PARTITION_PREFIX = "run_date="
@@ -48,21 +50,6 @@ class Pairing:
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """Pipeline options of a dataset run (a subset of the ``mf retarget`` run options)."""
-
-    preset: str = "tiny"
-    weights: Optional[str] = None
-    dtype: Optional[str] = None
-    actors: int = 1
-    prepare_actors: int = 1
-    gpus_per_actor: Optional[float] = None
-    max_retries: int = 2
-    pose_backend: str = "mediapipe"
-    crossfade: bool = True
-
-
-@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     sources: Catalog
@@ -71,7 +58,7 @@ class DatasetSpec:
     pairing: Pairing = field(default_factory=Pairing)
     edit: Mapping[str, Any] = field(default_factory=dict)
     schedule: Optional[str] = None
-    run: RunOptions = field(default_factory=RunOptions)
+    run: RunOptions = field(default_factory=RunOptions)  # only RUN_KEYS set from the spec
     uri: str = ""  # where the spec was read from
 
     def partition(self, day: str) -> str:

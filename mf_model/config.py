@@ -154,10 +154,14 @@ def preset(name: str) -> ModelConfig:
                            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
             name="tiny",
         )
-    raise ValueError(f"unknown preset {name!r}; choose one of: sd15, tiny")
+    raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
 
 
-PRESETS = ("sd15", "tiny")
+PRESETS = ("sd15", "tiny")  # the names :func:`preset` knows: the one list CLI choices and checks use
+DEFAULT_PRESET = "tiny"  # the model of a run given no weights and no preset (the bundled demo model)
+# The model's dtypes: the short name (CLI choices, configs) → torch's name (accepted too). mf_model.model maps both
+# to torch dtypes; this table is torch-free so the pipeline and the CLI can name them without importing torch.
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # Names the seeded random weights of the presets in weight ids and result keys. Its revision is bumped whenever the
 # same (preset, seed) draws other weights, so that outputs made with the old ones are not served as current
 # (r2: own CLIP encoder and VAE decoder)

@@ -13,7 +13,15 @@ import torch
 from PIL import Image
 
 from mf_model import loading
-from mf_model.config import RANDOM_WEIGHTS_TAG, ModelConfig, PoseGuiderConfig, UNetConfig, preset
+from mf_model.config import (
+    DEFAULT_PRESET,
+    DTYPES,
+    RANDOM_WEIGHTS_TAG,
+    ModelConfig,
+    PoseGuiderConfig,
+    UNetConfig,
+    preset,
+)
 from mf_model.controllers import PoseGuider
 from mf_model.guidance import GuidanceWeights
 from mf_model.host_memory import release_host_memory
@@ -29,8 +37,8 @@ from mf_model.window import EditOptions, EditResult, EditWindow
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+# the torch dtype of each name in mf_model.config.DTYPES, short ("fp16") or torch's own ("float16")
+TORCH_DTYPES = {name: getattr(torch, long) for short, long in DTYPES.items() for name in (short, long)}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ESTIMATOR_MODES = ("shared", "official")
@@ -39,9 +47,9 @@ ESTIMATOR_MODES = ("shared", "official")
 def parse_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of fp32, fp16, bf16")
-    return DTYPES[dtype]
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return TORCH_DTYPES[dtype]
 
 
 def _unfilled(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -125,7 +133,7 @@ class MotionFollower:
         return self
 
     @classmethod
-    def random(cls, config: ModelConfig | str = "tiny", seed: int = 0, estimator: str = "shared",
+    def random(cls, config: ModelConfig | str = DEFAULT_PRESET, seed: int = 0, estimator: str = "shared",
                device="cpu", dtype="fp32") -> MotionFollower:
         """A model with seeded random weights (the bundled demo model, tests, benchmarks).
 
@@ -381,7 +389,7 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
     return (video.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def load_model(weights: Optional[str] = None, preset_name: str = "tiny", dtype="fp32", device="cpu",
+def load_model(weights: Optional[str] = None, preset_name: str = DEFAULT_PRESET, dtype="fp32", device="cpu",
                estimator: str = "shared", seed: int = 0) -> MotionFollower:
     """The one entry point: ``weights`` (official layout dir/YAML or our format, local or fsspec URI) or, when
     None, the named preset with seeded random weights (``tiny`` is the bundled demo model)."""

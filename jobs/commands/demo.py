@@ -14,7 +14,6 @@ Demo inputs (no downloads, nothing from outside the installed packages):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -24,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from jobs.commands.retarget import RUN_DEFAULTS, run_manifest
+from pipelines.batch.config import RunOptions
 
 log = logging.getLogger("mf.demo")
 
@@ -128,18 +130,20 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--out", default="mf_out/demo", help="output root (default: mf_out/demo)")
     p.add_argument("--weights", default=None,
-                   help="official weights dir (or our format; local or fsspec URI); default: bundled tiny model")
+                   help=f"official weights dir (or our format; local or fsspec URI); default: bundled "
+                        f"{RUN_DEFAULTS.preset} model")
     p.add_argument("--frames", type=int, default=40, help="demo video length in frames")
     p.add_argument("--size", type=int, default=None, help="model resolution (default: 128 tiny, 512 with weights)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: 12 tiny, 50 with weights)")
-    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--actors", type=int, default=RUN_DEFAULTS.actors)
     p.add_argument("--address", default=None, help="Ray address (default: a local Ray started here)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from jobs.commands import retarget
-
+    """Make the demo inputs under ``<out>/inputs/`` and run their manifest as ``mf retarget`` would with
+    ``--weights``, ``--actors`` and ``--address`` as given (every other run option at its default); print the
+    outputs. Exit status: that of the run."""
     real = args.weights is not None
     out = os.path.abspath(args.out)  # printed paths work from any directory
     inputs_dir = os.path.join(out, "inputs")
@@ -148,17 +152,11 @@ def run(args) -> int:
                             overlap=8 if real else 4)
     log.info("inputs:   %s (source %s, driving pose track %s, manifest %s)", inputs_dir,
              os.path.basename(demo.source), os.path.basename(demo.driving), os.path.basename(demo.manifest))
+    options = RunOptions(weights=args.weights, actors=args.actors)
     if not real:
-        log.warning("bundled tiny model with random weights: the edited video is untrained noise "
-                    "(--weights DIR for real results)")
-    argv = ["retarget", demo.manifest, "--out", out, "--actors", str(args.actors)]
-    if real:
-        argv += ["--weights", args.weights]
-    if args.address:
-        argv += ["--address", args.address]
-    parser = argparse.ArgumentParser(prog="mf")
-    retarget.register(parser.add_subparsers())
-    rc = retarget.run(parser.parse_args(argv))
+        log.warning("bundled %s model with random weights: the edited video is untrained noise "
+                    "(--weights DIR for real results)", options.preset)
+    rc = run_manifest(demo.manifest, out, options, address=args.address)
     from pipelines.batch.results import read_results
 
     manifest = os.path.join(out, "results.parquet")

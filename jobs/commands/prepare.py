@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from pipelines.conditioning.poses.registry import BACKENDS, DEFAULT_BACKEND
+
 log = logging.getLogger("mf.prepare")
 
 
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--resize", choices=["pad", "crop"], default="pad", help="keep aspect by padding or centre crop")
     p.add_argument("--length-policy", choices=["trim", "loop", "hold"], default="trim",
                    help="unequal lengths: trim to the shorter (default), loop or hold the driving motion")
-    p.add_argument("--pose-backend", choices=["mediapipe", "dwpose"], default="mediapipe")
+    p.add_argument("--pose-backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     p.add_argument("--fps", type=float, default=None, help="frame rate of frame folders (default 8)")
     p.set_defaults(func=run)
 

@@ -1,47 +1,62 @@
 """``mf retarget MANIFEST --out URI``: run a request manifest through the Ray Data pipeline.
 
 :func:`add_run_options` holds the options that define a run; ``mf submit`` forwards exactly these (see
-:data:`LOCAL_ONLY` for the ones it leaves out) and :func:`run_config` is the one place that turns them into a
-:class:`~pipelines.batch.config.RunConfig`.
+:data:`LOCAL_ONLY` for the ones it leaves out). Their defaults are those of
+:class:`~pipelines.batch.config.RunOptions` (the choices: :data:`mf_model.config.PRESETS` and ``DTYPES``,
+:data:`pipelines.conditioning.poses.registry.BACKENDS`), :func:`run_options` turns the parsed flags into one, and
+:func:`run_manifest` — which ``mf demo`` calls too — builds the run's config with
+:meth:`~pipelines.batch.config.RunConfig.build` and runs it.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import Optional
+
+from mf_model.config import DTYPES, PRESETS
+from pipelines.batch.config import OUTPUT_SCALES, RunOptions
+from pipelines.conditioning.poses.registry import BACKENDS
 
 log = logging.getLogger("mf.retarget")
+
+RUN_DEFAULTS = RunOptions()  # every run option's default
 
 # options that only make sense for the process they are given to (mf submit does not forward them)
 LOCAL_ONLY = ("address", "num_cpus")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "--weights", dest="weights", default=None,
+    p.add_argument("--model", "--weights", dest="weights", default=RUN_DEFAULTS.weights,
                    help="weights (official layout dir or our format; local or fsspec URI); default: the preset")
-    p.add_argument("--preset", default="tiny", help="model preset when no weights are given (default: tiny)")
-    p.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"),
+    p.add_argument("--preset", default=RUN_DEFAULTS.preset,
+                   help=f"model preset when no weights are given: {', '.join(PRESETS)} "
+                        f"(default: {RUN_DEFAULTS.preset})")
+    p.add_argument("--dtype", default=RUN_DEFAULTS.dtype, choices=tuple(DTYPES),
                    help="default: fp16 on GPU, fp32 on CPU")
-    p.add_argument("--gpus-per-actor", type=float, default=None,
+    p.add_argument("--gpus-per-actor", type=float, default=RUN_DEFAULTS.gpus_per_actor,
                    help="GPUs per edit actor (default: 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--actors", type=int, default=1, help="edit actors (fixed pool size)")
-    p.add_argument("--prepare-actors", type=int, default=1, help="CPU actors preparing windows")
-    p.add_argument("--cpus-per-actor", type=float, default=None,
-                   help="CPUs per edit actor (default 1, shrunk to fit small clusters)")
-    p.add_argument("--prepare-cpus", type=float, default=None,
-                   help="CPUs per prepare actor (default 1, shrunk to fit small clusters)")
-    p.add_argument("--max-retries", type=int, default=2,
-                   help="extra attempts of a window whose edit actor died (default 2)")
-    p.add_argument("--output-scale", choices=("source", "model"), default="source",
-                   help="output video at the source resolution (default; the edit is upscaled) or at model scale")
-    p.add_argument("--no-crossfade", action="store_true", help="hard cut at overlap midpoints (for comparisons)")
-    p.add_argument("--keep-windows", action="store_true",
+    p.add_argument("--actors", type=int, default=RUN_DEFAULTS.actors, help="edit actors (fixed pool size)")
+    p.add_argument("--prepare-actors", type=int, default=RUN_DEFAULTS.prepare_actors,
+                   help="CPU actors preparing windows")
+    p.add_argument("--cpus-per-actor", type=float, default=RUN_DEFAULTS.cpus_per_actor,
+                   help=f"CPUs per edit actor (default {RUN_DEFAULTS.cpus_per_actor:g}, shrunk to fit small clusters)")
+    p.add_argument("--prepare-cpus", type=float, default=RUN_DEFAULTS.prepare_cpus,
+                   help=f"CPUs per prepare actor (default {RUN_DEFAULTS.prepare_cpus:g}, shrunk to fit small clusters)")
+    p.add_argument("--max-retries", type=int, default=RUN_DEFAULTS.max_retries,
+                   help=f"extra attempts of a window whose edit actor died (default {RUN_DEFAULTS.max_retries})")
+    p.add_argument("--output-scale", choices=OUTPUT_SCALES, default=RUN_DEFAULTS.output_scale,
+                   help="output video at the source resolution (the edit is upscaled) or at model scale "
+                        f"(default: {RUN_DEFAULTS.output_scale})")
+    p.add_argument("--no-crossfade", action="store_true", default=not RUN_DEFAULTS.crossfade,
+                   help="hard cut at overlap midpoints (for comparisons)")
+    p.add_argument("--keep-windows", action="store_true", default=RUN_DEFAULTS.keep_windows,
                    help="keep each request's edited windows (<out>/windows/) after its video is committed")
-    p.add_argument("--pose-backend", default="mediapipe", choices=("mediapipe", "dwpose"))
+    p.add_argument("--pose-backend", default=RUN_DEFAULTS.pose_backend, choices=BACKENDS)
     p.add_argument("--edit-resource", action="append", default=[], metavar="NAME=AMOUNT",
                    help="a custom Ray resource each edit actor asks for (repeat), pinning them to nodes that have it")
     p.add_argument("--prepare-resource", action="append", default=[], metavar="NAME=AMOUNT",
                    help="a custom Ray resource each prepare actor asks for (repeat)")
-    p.add_argument("--shared-fs", action="store_true",
+    p.add_argument("--shared-fs", action="store_true", default=RUN_DEFAULTS.shared_fs,
                    help="a local-path --out is a mount every node sees (needed on a multi-node cluster)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -75,23 +90,16 @@ def _resources(items: list[str], flag: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
-def run_config(args: argparse.Namespace, *, manifest: str, out: str, gpus: float, **fields):
-    """The :class:`~pipelines.batch.config.RunConfig` of the run options in ``args`` (``gpus`` per edit actor)."""
-    from pipelines.batch.config import ModelSpec, ProcessingOptions, RunConfig, StageResources
-
-    shares = {k: v for k, v in (("cpus_per_actor", args.cpus_per_actor), ("prepare_cpus", args.prepare_cpus))
-              if v is not None}
-    custom = {"edit_resources": _resources(args.edit_resource, "--edit-resource"),
-              "prepare_resources": _resources(args.prepare_resource, "--prepare-resource")}
-    return RunConfig(
-        manifest=manifest, out=out,
-        model=ModelSpec.for_gpus(gpus, weights=args.weights, preset=args.preset, dtype=args.dtype),
-        resources=StageResources(actors=args.actors, gpus_per_actor=gpus, prepare_actors=args.prepare_actors,
-                                 **shares, **custom),
-        processing=ProcessingOptions(max_retries=args.max_retries, crossfade=not args.no_crossfade,
-                                     pose_backend=args.pose_backend, output_scale=args.output_scale,
-                                     keep_windows=args.keep_windows),
-        shared_fs=args.shared_fs, **fields)
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The :class:`~pipelines.batch.config.RunOptions` of the run options parsed into ``args``
+    (``ValueError`` for a malformed ``--edit-resource``/``--prepare-resource``)."""
+    return RunOptions(
+        weights=args.weights, preset=args.preset, dtype=args.dtype, gpus_per_actor=args.gpus_per_actor,
+        actors=args.actors, prepare_actors=args.prepare_actors, cpus_per_actor=args.cpus_per_actor,
+        prepare_cpus=args.prepare_cpus, edit_resources=_resources(args.edit_resource, "--edit-resource"),
+        prepare_resources=_resources(args.prepare_resource, "--prepare-resource"), pose_backend=args.pose_backend,
+        max_retries=args.max_retries, crossfade=not args.no_crossfade, output_scale=args.output_scale,
+        keep_windows=args.keep_windows, shared_fs=args.shared_fs)
 
 
 class _Bars:
@@ -165,18 +173,28 @@ def _width(stream) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_manifest(args.manifest, args.out, run_options(args), address=args.address, num_cpus=args.num_cpus,
+                        metrics_port=args.metrics_port, progress=not args.no_progress)
+
+
+def run_manifest(manifest: str, out: str, options: RunOptions, *, address: Optional[str] = None,
+                 num_cpus: Optional[int] = None, metrics_port: Optional[int] = None, progress: bool = True) -> int:
+    """Connect to Ray (:func:`jobs.runtime.connect_ray`), build the run's config from ``options`` (the GPU share
+    per edit actor resolved against the cluster; local paths made absolute), run it with a progress display
+    and print the summary line. Exit status: 0 every request succeeded or was skipped, 2 some failed."""
     from jobs.runtime import connect_ray, gpus_per_actor
+    from pipelines.batch.config import RunConfig
     from pipelines.batch.driver import run_pipeline
     from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
     from pipelines.media import storage
 
-    connect_ray(args.address, num_cpus=args.num_cpus)
-    cfg = run_config(args, manifest=storage.absolute(args.manifest), out=storage.absolute(args.out),
-                     gpus=gpus_per_actor(args.gpus_per_actor))
+    connect_ray(address, num_cpus=num_cpus)
+    cfg = RunConfig.build(options, manifest=storage.absolute(manifest), out=storage.absolute(out),
+                          gpus=gpus_per_actor(options.gpus_per_actor))
     metrics = PipelineMetrics()
-    if args.metrics_port is not None:
-        start_metrics_server(args.metrics_port, metrics)
-    bars = _Bars(not args.no_progress)
+    if metrics_port is not None:
+        start_metrics_server(metrics_port, metrics)
+    bars = _Bars(progress)
     try:
         summary = run_pipeline(cfg, metrics=metrics, progress=bars)
     finally:

@@ -10,6 +10,8 @@ import os
 import signal
 import threading
 
+from mf_model.config import DEFAULT_PRESET
+
 log = logging.getLogger("mf.serve")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -28,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--root", default=None, help="storage root URI for uploads and results (MF_SERVE_ROOT)")
-    p.add_argument("--weights", default=None, help="model weights (MF_SERVE_WEIGHTS); default: the tiny preset")
+    p.add_argument("--weights", default=None,
+                   help=f"model weights (MF_SERVE_WEIGHTS); default: the {DEFAULT_PRESET} preset")
     p.add_argument("--queue", type=int, default=None, help="edits queued or running at once (MF_SERVE_QUEUE)")
     p.add_argument("--replicas", type=int, default=None, help="model replicas (MF_SERVE_REPLICAS)")
     p.add_argument("--gpus-per-replica", type=float, default=None, help="(MF_SERVE_GPUS)")

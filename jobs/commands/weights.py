@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from mf_model.config import PRESETS
+
 log = logging.getLogger("mf.weights")
 
 
@@ -15,7 +17,7 @@ def register(sub) -> None:
     c.add_argument("--estimator", choices=["shared", "official"], default="shared")
     c.set_defaults(func=check)
     s = wsub.add_parser("save-preset", help="write a preset with seeded random weights in our format")
-    s.add_argument("preset", choices=["tiny", "sd15"])
+    s.add_argument("preset", choices=PRESETS)
     s.add_argument("out", help="output directory or fsspec URI")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=save_preset)

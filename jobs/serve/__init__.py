@@ -40,7 +40,7 @@ within about one sampler step, and nothing of it is left. A failed edit keeps on
 (the worker's own failure, a storage error, the worker process killed); everything of an ended edit, and
 tombstones, expire after ``retention_s`` (a bounded sweep on a timer in the API replica). Edits a previous process
 left queued or running are re-queued once or failed with the reason when an API replica starts (owner leases, see
-:mod:`~jobs.serve.api`).
+:mod:`~jobs.serve.lifecycle`).
 
 Layout (Ray Serve's documented shape):
 

@@ -48,6 +48,7 @@ from jobs.serve.store import (
 from jobs.serve.sweep import Sweeper
 from pipelines.batch.metrics import PipelineMetrics
 from pipelines.batch.requests import Request
+from pipelines.batch.results import ResultRow
 from pipelines.media import storage
 
 log = logging.getLogger("mf.serve")
@@ -56,6 +57,7 @@ STATUS_FIELDS = ("id", "state", "progress", "error", "frames", "fps", "created_a
                  "params")
 RETRY_AFTER_S = "5"
 EDITS_PATH = "/v1/edits"
+NAMESPACE_STATE = "mf_namespace"  # where admit() leaves the caller's namespace in the request's ASGI state
 
 fastapi_app = FastAPI(title="motionfollower-ray", version="1")
 
@@ -190,6 +192,7 @@ class EditAPI(EditLifecycle):
         if scope.get("method") != "POST" or not scope.get("path", "").rstrip("/").endswith(EDITS_PATH):
             return BodyLimits(cfg.max_field_bytes, cfg.body_idle_s, cfg.body_timeout_s)
         ns = self.auth(_header(scope, b"authorization"))
+        scope.setdefault("state", {})[NAMESPACE_STATE] = ns  # the route reads it: one auth per request
         self.queue_check(ns)  # refused before a byte is read; the slot itself is taken once the body is in
         if sum(self.uploads.values()) >= cfg.max_uploads:
             raise _too_many(f"{cfg.max_uploads} uploads in progress")
@@ -271,7 +274,7 @@ class EditAPI(EditLifecycle):
         """Run the edit on a worker replica; frees the queue slot when it ends."""
         try:
             row = await self.worker.run.remote(ns, edit_id, request)
-            if isinstance(row, dict) and "status" in row:
+            if isinstance(row, ResultRow):  # not {"state": ...}: the edit was not (or no longer) run
                 self.pipeline_metrics.record_result_row(row)
         except Exception as exc:  # noqa: BLE001 - the worker died, or storage failed it
             log.exception("edit %s failed in the worker", edit_id)
@@ -308,7 +311,7 @@ class EditAPI(EditLifecycle):
 
     @fastapi_app.post(EDITS_PATH, status_code=202)
     async def create(self, request: HttpRequest, authorization: Optional[str] = Header(None)):
-        ns = self.auth(authorization)
+        ns = request.scope.get("state", {}).get(NAMESPACE_STATE) or self.auth(authorization)  # admit() did it
         form = await read_form(request, self.cfg.max_fields, self.cfg.max_field_bytes)
         try:
             edit_id = self.take_slot(ns)

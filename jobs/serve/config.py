@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mf_model.config import DEFAULT_PRESET
+
 ENV_VARS = {  # field → environment variable (read as is; the validators below parse lists and JSON)
     "root": "MF_SERVE_ROOT", "allowed_prefixes": "MF_SERVE_ALLOWED_PREFIXES", "max_seconds": "MF_SERVE_MAX_SECONDS",
     "max_side": "MF_SERVE_MAX_SIDE", "max_frames": "MF_SERVE_MAX_FRAMES", "max_steps": "MF_SERVE_MAX_STEPS",
@@ -79,7 +81,7 @@ class ServeConfig(BaseModel):
     sweep_interval_s: float = Field(300.0, gt=0)  # how often an API replica sweeps expired files
     # -- the model -------------------------------------------------------------------------------------------
     weights: Optional[str] = None
-    preset: str = "tiny"
+    preset: str = DEFAULT_PRESET
     dtype: Optional[str] = None
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0

@@ -23,7 +23,7 @@ from starlette.datastructures import FormData
 
 from jobs.serve.config import ServeConfig
 from pipelines.batch.requests import Request, parse_row
-from pipelines.conditioning.poses.keypoints import pose_track_header
+from pipelines.conditioning.poses.keypoints import POSE_TRACK_SUFFIXES, pose_track_header
 from pipelines.media import InputError, probe_video, storage
 from pipelines.windows.planning import plan_windows
 
@@ -31,7 +31,7 @@ LABELS = ("source", "driving")
 REQUEST_FIELDS = ("steps", "cfg", "seed", "camera", "window", "overlap", "size", "length_policy", "preview")
 CHUNK_BYTES = 1 << 20
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp", ".png", ".apng")
-POSE_EXTS = (".parquet", ".json")
+POSE_EXTS = POSE_TRACK_SUFFIXES
 ACCEPTED_EXTS = {"source": VIDEO_EXTS, "driving": VIDEO_EXTS + POSE_EXTS}
 COST_SIZE = 512  # the cost of an edit counts frames × steps at 512² px
 _PLACEHOLDER = "placeholder.mp4"

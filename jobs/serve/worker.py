@@ -23,9 +23,10 @@ from ray import serve
 from jobs.serve.config import ServeConfig
 from jobs.serve.inputs import LABELS, check_cost, check_limits, scrub
 from jobs.serve.store import EditGone, StateStore, is_active, is_cancelled
-from pipelines.batch.config import ModelSpec, RunConfig
+from pipelines.batch.config import RunConfig, RunOptions
 from pipelines.batch.identity import model_key
 from pipelines.batch.requests import Request
+from pipelines.batch.results import ResultRow
 from pipelines.batch.single import edit_request
 from pipelines.batch.stages import RequestCancelled
 
@@ -85,12 +86,14 @@ class EditWorker:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.store = StateStore(cfg.root)
-        self.spec = ModelSpec.for_gpus(cfg.gpus_per_replica, weights=cfg.weights, preset=cfg.preset,
-                                       dtype=cfg.dtype)
+        # the replica's run options; each edit's config (RunConfig.build) differs from the others in its out only
+        self.options = RunOptions(weights=cfg.weights, preset=cfg.preset, dtype=cfg.dtype,
+                                  gpus_per_actor=cfg.gpus_per_replica)
+        self.spec = RunConfig.build(self.options, manifest="", out="").model
         self.model = self.spec.load()
         self.model_key = model_key(self.spec)
 
-    def run(self, ns: str, edit_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    def run(self, ns: str, edit_id: str, request: dict[str, Any]) -> ResultRow | dict[str, Any]:
         """Edit a queued request into its edit folder; returns the result row (``{"state": "cancelled"}`` when
         the edit was deleted before or while it ran). A crash fails the edit, not the replica."""
         try:
@@ -107,7 +110,7 @@ class EditWorker:
         elif (self.store.read(ns, edit_id) or {}).get("state") == "failed":
             self.store.remove_files(ns, edit_id)
 
-    def _run(self, ns: str, edit_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, ns: str, edit_id: str, request: dict[str, Any]) -> ResultRow | dict[str, Any]:
         cancel = CancelCheck(self.store, ns, edit_id)
         cur = None if cancel() else self.store.read(ns, edit_id)
         if not is_active(cur):  # deleted, or ended meanwhile: not run (again)
@@ -115,9 +118,9 @@ class EditWorker:
         req = Request(**request)
         refused = self._recheck(req)
         if refused:  # the inputs changed since they were accepted (a storage URI rewritten), or the caps did
-            return self._finish(ns, edit_id, {"status": "failed", "error": refused})
+            return self._finish(ns, edit_id, ResultRow(req.request_id, "failed", error=refused))
         self.store.update(ns, edit_id, state="running", started_at=time.time())
-        run_cfg = RunConfig(manifest="", out=self.store.edit_dir(ns, edit_id), model=self.spec)
+        run_cfg = RunConfig.build(self.options, manifest="", out=self.store.edit_dir(ns, edit_id))
         try:
             row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id),
                                model_key=self.model_key, cancel=cancel)
@@ -127,7 +130,7 @@ class EditWorker:
             raise
         except Exception as exc:  # noqa: BLE001 - the edit fails, the replica lives on
             log.exception("edit %s crashed", edit_id)
-            row = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            row = ResultRow(req.request_id, "failed", error=f"{type(exc).__name__}: {exc}")
         return self._finish(ns, edit_id, row)
 
     def _recheck(self, req: Request) -> Optional[str]:
@@ -140,15 +143,15 @@ class EditWorker:
             return f"not run: {exc.detail}"
         return None
 
-    def _finish(self, ns: str, edit_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, ns: str, edit_id: str, row: ResultRow) -> ResultRow | dict[str, Any]:
         """The result row into the edit's state (unless it was deleted or ended meanwhile)."""
         cur = self.store.read(ns, edit_id)
         if not is_active(cur):
             return _ended(cur)
-        ok = row.get("status") == "succeeded"
-        error: Optional[str] = None if ok else scrub(str(row.get("error")), ns, self.store.root)
+        ok = row.status == "succeeded"
+        error: Optional[str] = None if ok else scrub(str(row.error), ns, self.store.root)
         self.store.write(ns, edit_id, {
             **cur, "state": "succeeded" if ok else "failed", "progress": 1.0 if ok else cur.get("progress", 0.0),
-            "error": error, "output": row.get("output_uri"),
-            "frames": row.get("frames"), "fps": row.get("fps"), "finished_at": time.time()})
+            "error": error, "output": row.output_uri,
+            "frames": row.frames, "fps": row.fps, "finished_at": time.time()})
         return row

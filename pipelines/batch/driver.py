@@ -1,6 +1,6 @@
 """The driver of ``mf retarget``: a request manifest through the Ray Data stages to the result manifest.
 
-Stages (rows are windows, never frames or whole videos; design §3, §5)::
+Stages (rows are windows, never frames or whole videos; docs/architecture.md, "One request through a batch run")::
 
     requests ─ skip finished ─▶ plan (Ray task per request, CPU): probe, length map, alignment, windows
         ─▶ prepare (fixed CPU actor pool): decode the window's frames only, poses, masks, renders
@@ -85,7 +85,7 @@ class _Collector:
         self.cfg, self.total, self.metrics, self.progress = cfg, total, metrics, progress
         self.finish_remote = finish_remote
         self.t_start, self.wall_start = time.perf_counter(), time.time()
-        self.results: list[dict[str, Any]] = []
+        self.results: list[ResultRow] = []
         self.pending: dict[str, list[WindowTask]] = defaultdict(list)
         self.futures: dict[Any, tuple[Request, RequestIdentity]] = {}
         self.window_counts: Counter = Counter()
@@ -94,8 +94,9 @@ class _Collector:
         self.edit_spans: list[tuple[float, float]] = []
         self.nodes: dict[str, set[str]] = defaultdict(set)
 
-    def add_result(self, row: dict[str, Any]) -> None:
-        row.setdefault("seconds_total", time.perf_counter() - self.t_start)
+    def add_result(self, row: ResultRow) -> None:
+        if row.seconds_total is None:  # seconds from the run's start until the request's row is in
+            row.seconds_total = time.perf_counter() - self.t_start
         self.results.append(row)
         self.metrics.record_result_row(row)
         if self.progress:
@@ -171,7 +172,7 @@ def _stream(cfg: RunConfig, todo: list[tuple[Request, RequestIdentity]], edit_st
     res = cfg.resources
     ds = ray.data.from_arrow([requests_table(r, i) for r, i in todo])
     ds = ds.map_batches(plan_batch, fn_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
-                        num_cpus=res.plan_cpus)
+                        num_cpus=res.plan_cpus, memory=res.plan_memory)
     ds = ds.map_batches(PrepareStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
                         **PrepareStage.map_args(cfg))
     ds = ds.map_batches(edit_stage, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow",
@@ -180,31 +181,25 @@ def _stream(cfg: RunConfig, todo: list[tuple[Request, RequestIdentity]], edit_st
 
 
 def _prepare_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` checked and fitted for the connected cluster (:meth:`RunConfig.for_cluster`), with this run's id."""
     import ray
 
-    if storage.protocol_of(cfg.out) == "memory":
-        raise ValueError("memory:// is private to one process and Ray stages run in others: use a shared "
-                         "filesystem (local path, s3://, gs://) for --out, or pipelines.batch.single.edit_request")
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if nodes > 1 and storage.is_local(cfg.out) and not cfg.shared_fs:
-        raise ValueError(f"--out {cfg.out} is a local path and the Ray cluster has {nodes} nodes, whose workers "
-                         "would each write to their own disk: use s3:// or gs://, or declare a mount every node "
-                         "sees with --shared-fs")
-    resources = cfg.resources.fit(float(ray.cluster_resources().get("CPU", 1.0)))
-    return dataclasses.replace(cfg, resources=resources, run_id=cfg.run_id or uuid.uuid4().hex[:12])
+    cfg = cfg.for_cluster(nodes, float(ray.cluster_resources().get("CPU", 1.0)))
+    return dataclasses.replace(cfg, run_id=cfg.run_id or uuid.uuid4().hex[:12])
 
 
-def _sorted_results(results: list[dict[str, Any]], man: Manifest) -> list[dict[str, Any]]:
+def _sorted_results(results: list[ResultRow], man: Manifest) -> list[ResultRow]:
     order = {r.request_id: r.row for r in man.requests}
     order.update({b.request_id: b.row for b in man.invalid})
-    return sorted(results, key=lambda r: order.get(r["request_id"], 0))
+    return sorted(results, key=lambda r: order.get(r.request_id, 0))
 
 
 def _fallback_results_uri(cfg: RunConfig) -> str:
     return os.path.join(tempfile.gettempdir(), "mf-results", cfg.run_id, cfg.results_name)
 
 
-def _write_results(results: list[dict[str, Any]], cfg: RunConfig) -> str:
+def _write_results(results: list[ResultRow], cfg: RunConfig) -> str:
     """The result manifest to ``<out>``; when that fails, to a local folder (logged) so no result is lost."""
     try:
         write_results(results, cfg.results_uri)
@@ -228,7 +223,7 @@ def _out_error(cfg: RunConfig) -> Optional[str]:
 def _triage(man: Manifest, cfg: RunConfig, col: _Collector) -> list[tuple[Request, RequestIdentity]]:
     """Result rows for invalid, unwritable and already finished requests; the rest, with their identities, to do."""
     for bad in man.invalid:
-        col.add_result(ResultRow.for_invalid(bad).to_dict())
+        col.add_result(ResultRow.for_invalid(bad))
     out_error = _out_error(cfg)
     todo = []
     idents = request_identities(man.requests, model_key(cfg.model))
@@ -267,8 +262,8 @@ def run_pipeline(cfg: RunConfig, metrics: Optional[PipelineMetrics] = None, prog
     results = _sorted_results(col.results, man)
     summary = RunSummary(actors=cfg.resources.actors, results_uri=_write_results(results, cfg),
                          resources=cfg.resources.as_dict(), wall_seconds=time.perf_counter() - col.t_start,
-                         counts=dict(Counter(r["status"] for r in results)),
-                         frames=sum(r.get("frames") or 0 for r in results if r["status"] == "succeeded"),
-                         bytes_written=sum(r.get("bytes_written") or 0 for r in results if r["status"] == "succeeded"))
+                         counts=dict(Counter(r.status for r in results)),
+                         frames=sum(r.frames or 0 for r in results if r.status == "succeeded"),
+                         bytes_written=sum(r.bytes_written or 0 for r in results if r.status == "succeeded"))
     col.fill(summary)
     return summary

@@ -95,7 +95,7 @@ def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: li
         check_cancel(cancel)
 
 
-def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> dict[str, Any]:
+def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> ResultRow:
     """Blend a request's windows in order into its video (+ preview); commit; write the done marker. ``cancel`` is
     checked before each commit (:class:`~pipelines.batch.stages.RequestCancelled`): nothing is written after it."""
     tasks = sorted(tasks, key=lambda t: t.index)
@@ -124,17 +124,17 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
         model=identity.get("model"), weights_id=identity.get("weights_id"),
         bytes_written=_bytes_of(req.output, req.preview_output if req.preview else None),
         finished_at=datetime.now(timezone.utc))
-    marker = dict(row, finished_at=row["finished_at"].isoformat())
+    marker = {**row.to_dict(), "finished_at": row.finished_at.isoformat()}
     check_cancel(cancel)
     storage.atomic_write_text(cfg.marker_uri(req.request_id), json.dumps(marker, sort_keys=True))
     _drop_windows(req, cfg)
     return row
 
 
-def result_row(req: Request, inputs: RequestIdentity, status: str, **kw: Any) -> dict[str, Any]:
+def result_row(req: Request, inputs: RequestIdentity, status: str, **kw: Any) -> ResultRow:
     """A result row of ``req`` with its identities."""
     return ResultRow.for_request(req, status, source_identity=inputs.source, driving_identity=inputs.driving,
-                                 content_key=inputs.key, **kw).to_dict()
+                                 content_key=inputs.key, **kw)
 
 
 def _bytes_of(*uris: Optional[str]) -> int:
@@ -161,7 +161,7 @@ def _total(tasks: list[WindowTask], stage: str) -> float:
     return sum(getattr(t.times, stage) or 0.0 for t in tasks)
 
 
-def finish_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> dict[str, Any]:
+def finish_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> ResultRow:
     """The result row of a request whose tasks are all in: failed (first failed window's error) or stitched."""
     req, inputs = tasks[0].request, tasks[0].inputs
     if tasks[0].plan_failed:
@@ -179,7 +179,7 @@ def finish_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
         return result_row(req, inputs, "failed", error=f"stitch: {error_text(exc)}", windows=len(tasks))
 
 
-def skipped_row(req: Request, inputs: RequestIdentity, cfg: RunConfig) -> Optional[dict[str, Any]]:
+def skipped_row(req: Request, inputs: RequestIdentity, cfg: RunConfig) -> Optional[ResultRow]:
     """The result row of a request an earlier run finished (status ``skipped``), or None: it needs the done marker,
     the output, and the same content key (same model, parameters and input contents)."""
     marker = cfg.marker_uri(req.request_id)
@@ -193,6 +193,5 @@ def skipped_row(req: Request, inputs: RequestIdentity, cfg: RunConfig) -> Option
     if row.get("content_key") != inputs.key:
         log.info("%s changed since it was finished (model, parameters or inputs): running it again", req.request_id)
         return None
-    row["status"] = "skipped"
-    row["finished_at"] = datetime.fromisoformat(row["finished_at"]) if row.get("finished_at") else None
-    return row
+    finished_at = datetime.fromisoformat(row["finished_at"]) if row.get("finished_at") else None
+    return ResultRow.from_dict({**row, "status": "skipped", "finished_at": finished_at})

@@ -31,7 +31,7 @@ from typing import Any, Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from pipelines.batch.results import STATUSES
+from pipelines.batch.results import STATUSES, ResultRow
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,8 @@ STAGES = ("probe", "prepare", "edit", "write", "stitch", "total")
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600, 1800, 3600)
 EDIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600, 1800)
 
-# keys a stage may put in its output rows for the driver to record
+# keys a stage may put in its window rows for the driver to record (result rows are ResultRow: attributes)
 ROW_STATUS = "status"
-ROW_FRAMES = "frames"
 ROW_BUSY = "actor_busy_seconds"
 ROW_EDIT = "edit_seconds"
 ROW_GPU_PEAK = "gpu_memory_peak_bytes"
@@ -146,11 +145,12 @@ class PipelineMetrics:
             gpu_peak_bytes=_num(row.get(ROW_GPU_PEAK)),
         )
 
-    def record_result_row(self, row: Mapping[str, Any]) -> None:
-        """Record a result-manifest row (see :data:`pipelines.batch.results.RESULT_SCHEMA`)."""
-        status = str(row.get(ROW_STATUS))
-        secs = _stage_seconds(row, only=("probe", "stitch", "total")) if status == "succeeded" else {}
-        self.request_finished(status, frames=int(row.get(ROW_FRAMES) or 0), seconds=secs)
+    def record_result_row(self, row: ResultRow) -> None:
+        """Record a result row: its status, frames and (succeeded) ``seconds_probe/stitch/total``."""
+        status = str(row.status)
+        secs = {} if status != "succeeded" else {
+            st: float(v) for st in ("probe", "stitch", "total") if (v := getattr(row, f"seconds_{st}")) is not None}
+        self.request_finished(status, frames=int(row.frames or 0), seconds=secs)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def render(self) -> bytes:

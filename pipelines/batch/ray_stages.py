@@ -80,7 +80,7 @@ class PrepareStage:
 
         res = cfg.resources
         return dict(compute=ray.data.ActorPoolStrategy(size=max(1, res.prepare_actors)), num_cpus=res.prepare_cpus,
-                    resources=dict(res.prepare_resources) or None)
+                    memory=res.prepare_memory, resources=dict(res.prepare_resources) or None)
 
 
 class EditStage:

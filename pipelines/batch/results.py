@@ -1,6 +1,8 @@
 """The result manifest of ``mf retarget``: one row per request, written atomically as Parquet.
 
-:data:`RESULT_SCHEMA`, one row per request, written atomically as Parquet by :func:`write_results`:
+A row is a :class:`ResultRow` from the stage that makes it until :func:`write_results` turns the rows into Arrow;
+:data:`RESULT_SCHEMA` is derived from its fields (:mod:`pipelines.batch.arrow_types`; int32 and non-null columns are
+declared on the fields). Its columns, in order:
 
 ``request_id`` · ``status`` (``succeeded`` | ``failed`` | ``skipped``; skipped = already finished by an earlier run)
 · ``error`` (null unless failed) · ``source`` · ``driving`` · ``output_uri`` · ``preview_uri`` · ``frames`` (frames
@@ -28,56 +30,20 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.batch.arrow_types import arrow_field, arrow_schema
 from pipelines.batch.requests import InvalidRow, Request
 from pipelines.media import storage
 
 STATUSES = ("succeeded", "failed", "skipped")
 
 
-RESULT_SCHEMA = pa.schema([
-    pa.field("request_id", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
-    pa.field("source", pa.string()),
-    pa.field("driving", pa.string()),
-    pa.field("output_uri", pa.string()),
-    pa.field("preview_uri", pa.string()),
-    pa.field("frames", pa.int64()),
-    pa.field("fps", pa.float64()),
-    pa.field("fps_rational", pa.string()),
-    pa.field("width", pa.int32()),
-    pa.field("height", pa.int32()),
-    pa.field("windows", pa.int32()),
-    pa.field("source_fps", pa.float64()),
-    pa.field("resampled", pa.bool_()),
-    pa.field("rotation", pa.int32()),
-    pa.field("rescaled", pa.bool_()),
-    pa.field("tone_mapped", pa.bool_()),
-    pa.field("seam_score", pa.float64()),
-    pa.field("seconds_probe", pa.float64()),
-    pa.field("seconds_prepare", pa.float64()),
-    pa.field("seconds_edit", pa.float64()),
-    pa.field("seconds_stitch", pa.float64()),
-    pa.field("seconds_total", pa.float64()),
-    pa.field("model", pa.string()),
-    pa.field("weights_id", pa.string()),
-    pa.field("params_json", pa.string()),
-    pa.field("source_identity", pa.string()),
-    pa.field("driving_identity", pa.string()),
-    pa.field("content_key", pa.string()),
-    pa.field("bytes_written", pa.int64()),
-    pa.field("manifest_row", pa.int32()),
-    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-])
-RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
-
-
 @dataclass
 class ResultRow:
-    """One row of the result manifest (see :data:`RESULT_SCHEMA`)."""
+    """One row of the result manifest: its fields, in order, are the columns of :data:`RESULT_SCHEMA`. Rows stay
+    typed until :func:`write_results`."""
 
-    request_id: str
-    status: str
+    request_id: str = arrow_field(nullable=False)
+    status: str = arrow_field(nullable=False)  # one of STATUSES
     error: Optional[str] = None
     source: Optional[str] = None
     driving: Optional[str] = None
@@ -86,12 +52,12 @@ class ResultRow:
     frames: Optional[int] = None
     fps: Optional[float] = None
     fps_rational: Optional[str] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    windows: Optional[int] = None
+    width: Optional[int] = arrow_field(pa.int32(), default=None)
+    height: Optional[int] = arrow_field(pa.int32(), default=None)
+    windows: Optional[int] = arrow_field(pa.int32(), default=None)
     source_fps: Optional[float] = None
     resampled: Optional[bool] = None
-    rotation: Optional[int] = None
+    rotation: Optional[int] = arrow_field(pa.int32(), default=None)
     rescaled: Optional[bool] = None
     tone_mapped: Optional[bool] = None
     seam_score: Optional[float] = None
@@ -107,11 +73,16 @@ class ResultRow:
     driving_identity: Optional[str] = None
     content_key: Optional[str] = None  # hash of model, parameters and both identities (pipelines.batch.identity)
     bytes_written: Optional[int] = None  # output video + preview
-    manifest_row: Optional[int] = None
+    manifest_row: Optional[int] = arrow_field(pa.int32(), default=None)
     finished_at: Optional[datetime] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ResultRow:
+        """A row from :meth:`to_dict`'s keys (an absent one takes its default; an unknown one raises ``ValueError``)."""
+        return cls(**_checked(d))
 
     @classmethod
     def for_request(cls, req: Request, status: str, **kw: Any) -> ResultRow:
@@ -126,11 +97,19 @@ class ResultRow:
                    driving=bad.driving, manifest_row=bad.row)
 
 
-def _normalise(row: Any) -> dict[str, Any]:
-    d = row.to_dict() if isinstance(row, ResultRow) else dict(row)
+RESULT_SCHEMA = arrow_schema(ResultRow)
+RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
+
+
+def _checked(d: dict[str, Any]) -> dict[str, Any]:
     unknown = set(d) - set(RESULT_COLUMNS)
     if unknown:
         raise ValueError(f"result row has unknown field(s): {', '.join(sorted(unknown))}")
+    return d
+
+
+def _normalise(row: Any) -> dict[str, Any]:
+    d = _checked(row.to_dict() if isinstance(row, ResultRow) else dict(row))
     if d.get("status") not in STATUSES:
         raise ValueError(f"result row {d.get('request_id')!r}: status must be one of {STATUSES}, "
                          f"got {d.get('status')!r}")

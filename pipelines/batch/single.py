@@ -19,6 +19,7 @@ from pipelines.batch.config import RunConfig
 from pipelines.batch.finish import finish_request, skipped_row
 from pipelines.batch.identity import request_identity
 from pipelines.batch.requests import Request
+from pipelines.batch.results import ResultRow
 from pipelines.batch.stages import (
     Cancel,
     Conditioner,
@@ -36,9 +37,9 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total): "window" per
 
 def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optional[Progress] = None,
                  conditioner: Optional[Conditioner] = None, model_key: Optional[str] = None,
-                 cancel: Optional[Cancel] = None) -> dict[str, Any]:
+                 cancel: Optional[Cancel] = None) -> ResultRow:
     """Edit one request with ``model`` (an ``mf_model`` model loaded from ``cfg.model``) and return its result row
-    (see :data:`pipelines.batch.results.RESULT_SCHEMA`). Never raises for a bad input: the row says ``failed`` and
+    (a :class:`~pipelines.batch.results.ResultRow`). Never raises for a bad input: the row says ``failed`` and
     why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it.
     ``cancel``: checked before each stage, between the sampler's steps and before every write; once it returns True,
     :class:`~pipelines.batch.stages.RequestCancelled` is raised and nothing more is written."""
@@ -59,9 +60,8 @@ def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optiona
             if progress:
                 progress("window", i + 1, len(tasks))
     result = finish_request(tasks, cfg, cancel)
-    result["seconds_total"] = time.perf_counter() - t0
+    result.seconds_total = time.perf_counter() - t0
     if progress:
         progress("request", 1, 1)
-    log.info("request %s: %s%s", request.request_id, result["status"],
-             f" ({result['error']})" if result.get("error") else "")
+    log.info("request %s: %s%s", request.request_id, result.status, f" ({result.error})" if result.error else "")
     return result

@@ -30,7 +30,15 @@ from pipelines.batch.config import RunConfig
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.tasks import PENDING, SKIPPED, SUCCEEDED, RequestPlan, StageTimes, WindowTask
-from pipelines.conditioning import driving_index_map, prepare_window, read_pose_track, reference_alignment
+from pipelines.conditioning import (
+    AlignTransform,
+    driving_index_map,
+    prepare_window,
+    read_pose_track,
+    reference_alignment,
+)
+from pipelines.conditioning.poses.keypoints import POSE_TRACK_SUFFIXES
+from pipelines.conditioning.poses.registry import DEFAULT_BACKEND
 from pipelines.conditioning.window_inputs import MODEL_INPUTS
 from pipelines.media import fit_geometry, probe_video, storage
 from pipelines.media.timeline import fraction_str, slot_time
@@ -38,7 +46,6 @@ from pipelines.windows.planning import plan_windows, window_id
 
 log = logging.getLogger(__name__)
 
-POSE_TRACK_SUFFIXES = (".parquet", ".json")
 Cancel = Callable[[], bool]  # returns True once the request is cancelled (e.g. the Serve app's DELETE)
 
 
@@ -55,7 +62,7 @@ def check_cancel(cancel: Optional[Cancel]) -> None:
 class Conditioner:
     """The conditioning the stages need, bound to a run's pose backend and fit mode."""
 
-    def __init__(self, pose_backend: str = "mediapipe", fit_mode: str = "pad") -> None:
+    def __init__(self, pose_backend: str = DEFAULT_BACKEND, fit_mode: str = "pad") -> None:
         self.pose_backend = pose_backend
         self.fit_mode = fit_mode
 
@@ -71,7 +78,7 @@ class Conditioner:
         return driving_index_map(source_info, driving, policy)
 
     def alignment(self, req: Request, source_indices: list[int], driving_map: list[int], source_info,
-                  driving) -> dict[str, Any]:
+                  driving) -> AlignTransform:
         is_video = hasattr(driving, "kind")
         return reference_alignment(req.source, req.driving if is_video else driving, source_indices, driving_map,
                                    req.size, self.fit_mode, backend=self.pose_backend, source_info=source_info,

@@ -4,7 +4,13 @@ Poses (MediaPipe, DWPose, pose-track files), alignment of the driving skeleton t
 rendering in the official style, the per-window arrays (:mod:`~pipelines.conditioning.window_inputs`) and the
 ``mf prepare`` folder layout (:mod:`~pipelines.conditioning.layout`). Depends on :mod:`pipelines.media` only.
 """
-from pipelines.conditioning.align import aligned_masks, apply_alignment, compute_alignment, identity_alignment
+from pipelines.conditioning.align import (
+    AlignTransform,
+    aligned_masks,
+    apply_alignment,
+    compute_alignment,
+    identity_alignment,
+)
 from pipelines.conditioning.layout import LAYOUT, prepare
 from pipelines.conditioning.masks import person_masks, predicted_masks
 from pipelines.conditioning.poses import PoseExtractor, PoseTrack, get_extractor, read_pose_track, write_pose_track
@@ -17,7 +23,7 @@ from pipelines.conditioning.window_inputs import (
 )
 from pipelines.media.timeline import LENGTH_POLICIES
 
-__all__ = ["LAYOUT", "LENGTH_POLICIES", "PoseExtractor", "PoseTrack", "aligned_masks", "apply_alignment",
-           "compute_alignment", "driving_index_map", "extract_poses", "get_extractor", "identity_alignment",
-           "person_masks", "predicted_masks", "prepare", "prepare_window", "read_pose_track", "reference_alignment",
-           "render_poses", "write_pose_track"]
+__all__ = ["LAYOUT", "LENGTH_POLICIES", "AlignTransform", "PoseExtractor", "PoseTrack", "aligned_masks",
+           "apply_alignment", "compute_alignment", "driving_index_map", "extract_poses", "get_extractor",
+           "identity_alignment", "person_masks", "predicted_masks", "prepare", "prepare_window", "read_pose_track",
+           "reference_alignment", "render_poses", "write_pose_track"]

@@ -5,8 +5,9 @@ person (hip-centre x, ankle or bottom-edge y) by the source/driving stature rati
 ``target_aligned_poses`` are exactly such per-frame similarities of ``target_poses``. The older per-bone mode
 (``mode="bones"``) is described below.
 
-The transform is computed once per request from a few reference frames and is a small JSON-serialisable dict, so
-window workers can apply it independently:
+The transform is computed once per request from a few reference frames and is a small frozen
+:class:`AlignTransform`, so window workers can apply it independently (it crosses process boundaries as a dict,
+:meth:`AlignTransform.to_dict` / :meth:`AlignTransform.from_dict`: JSON, the batch task's Arrow row):
 
 * ``bone_scale`` — per bone (parent→child in a tree rooted at the neck): median source length / median driving
   length over the reference frames (falls back to ``global_scale`` for bones not seen in both);
@@ -16,6 +17,10 @@ window workers can apply it independently:
 * ``width_ratio`` — source/driving body width (masks), used by the predicted target mask.
 """
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,6 +32,54 @@ ROOT = 1
 TREE = [(1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
         (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]
 THR = 0.3
+MODES = ("silhouette", "ground", "bones")
+
+
+@dataclass(frozen=True)
+class AlignTransform:
+    """The alignment of one request's driving skeleton to its source person (see the module docstring).
+
+    The defaults are what a transform without the field means (a version-1 transform has no ``mode``: per-bone).
+    Sequences are stored as tuples; ``bone_scale`` is a plain dict (the instance is frozen: treat it as read-only).
+    """
+
+    version: int = 2
+    mode: str = "bones"  # one of MODES
+    size: Optional[tuple[int, int]] = None  # (H, W) of the fitted frame it was computed in; None: the track's own
+    global_scale: float = 1.0
+    bone_scale: dict[str, float] = field(default_factory=dict)  # "parent-child" → length ratio ("bones" mode)
+    src_anchor: Optional[tuple[float, float]] = None  # the source's reference neck position
+    drv_anchor: Optional[tuple[float, float]] = None  # the driving's reference neck position
+    width_ratio: float = 1.0  # source / driving body width (masks)
+    keep_x: bool = True  # "bones" mode: the neck keeps the driving's x
+    identity: bool = False  # the people already match in size: the driving skeleton is kept as is
+
+    def __post_init__(self) -> None:
+        for name, kind in (("size", int), ("src_anchor", float), ("drv_anchor", float)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(kind(v) for v in value))
+        object.__setattr__(self, "bone_scale", dict(self.bone_scale))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: sequences as lists; ``identity`` only when true (the transform's JSON as it has been
+        since version 1)."""
+        d = dataclasses.asdict(self)
+        for name in ("size", "src_anchor", "drv_anchor"):
+            d[name] = None if d[name] is None else list(d[name])
+        if not self.identity:
+            del d["identity"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlignTransform:
+        """The inverse of :meth:`to_dict`; an absent or null field takes its default, an unknown one raises
+        ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"alignment transform has unknown field(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: v for k, v in d.items() if v is not None})
 
 
 def _lengths(body: np.ndarray, a: int, b: int) -> np.ndarray:
@@ -72,8 +125,8 @@ def _stature(body: np.ndarray, height: int) -> np.ndarray:
 
 def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_frames: int = 4,
                       source_masks: np.ndarray | None = None, driving_masks: np.ndarray | None = None,
-                      tolerance: float = 0.1, keep_x: bool = True, mode: str | None = None) -> dict:
-    """The alignment transform (JSON-serialisable dict) from the first ``ref_frames`` good frames of each track.
+                      tolerance: float = 0.1, keep_x: bool = True, mode: str | None = None) -> AlignTransform:
+    """The :class:`AlignTransform` from the first ``ref_frames`` good frames of each track.
 
     Both tracks must be in the same fitted frame size. Modes (default: ``"silhouette"`` when masks are given, else
     ``"ground"``):
@@ -92,7 +145,7 @@ def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_fra
     """
     if mode is None:
         mode = "silhouette" if source_masks is not None and driving_masks is not None else "ground"
-    if mode not in ("silhouette", "ground", "bones"):
+    if mode not in MODES:
         raise ValueError(f"alignment mode must be 'silhouette', 'ground' or 'bones', not {mode!r}")
     if source_track.size != driving_track.size:
         driving_track = driving_track.rescaled(source_track.size)
@@ -130,9 +183,8 @@ def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_fra
         ws, wd = [w for w in ws if w], [w for w in wd if w]
         if ws and wd:
             width_ratio = float(np.clip(np.median(ws) / np.median(wd), 0.3, 3.0))
-    transform = {"version": 2, "mode": mode, "size": list(source_track.size), "global_scale": g,
-                 "bone_scale": scales, "src_anchor": sa, "drv_anchor": da, "width_ratio": width_ratio,
-                 "keep_x": bool(keep_x)}
+    transform = AlignTransform(version=2, mode=mode, size=tuple(source_track.size), global_scale=g, bone_scale=scales,
+                               src_anchor=sa, drv_anchor=da, width_ratio=width_ratio, keep_x=bool(keep_x))
     if mode == "silhouette" and source_masks is not None and driving_masks is not None:
         sims = [silhouette_similarity(a, b) for a, b in zip(source_masks[:ref_frames], driving_masks[:ref_frames])]
         sims = [x[0] for x in sims if x is not None]
@@ -141,8 +193,8 @@ def compute_alignment(source_track: PoseTrack, driving_track: PoseTrack, ref_fra
     if abs(g - 1.0) < tolerance and mode != "silhouette":
         # The people already match in size: keep the driving skeleton as is (the official samples do the same; a
         # dead band also avoids re-targeting on detection noise). The width ratio still shapes the target mask.
-        transform.update({"global_scale": 1.0, "bone_scale": {}, "src_anchor": None, "drv_anchor": None,
-                          "identity": True})
+        transform = dataclasses.replace(transform, global_scale=1.0, bone_scale={}, src_anchor=None, drv_anchor=None,
+                                        identity=True)
     return transform
 
 
@@ -168,48 +220,48 @@ def silhouette_similarity(source_mask: np.ndarray, driving_mask: np.ndarray,
     return float(np.clip(s, 1 / max_scale, max_scale)), ed[2], float(ed[1])
 
 
-def frame_similarity(body: np.ndarray, transform: dict, source_mask: np.ndarray | None = None,
+def frame_similarity(body: np.ndarray, transform: AlignTransform, source_mask: np.ndarray | None = None,
                      driving_mask: np.ndarray | None = None) -> tuple[float, float, float] | None:
     """``(scale, fx, fy)`` of the alignment of one driving frame (x' = fx + s (x - fx), same for y), or ``None``
     when the frame stays as is. ``mode="silhouette"`` uses the two masks of the frame when given (else falls back
     to the ground rule with the reference ``global_scale``)."""
-    mode = transform.get("mode", "bones")
+    mode = transform.mode
     if mode == "silhouette" and source_mask is not None and driving_mask is not None:
         return silhouette_similarity(source_mask, driving_mask)
-    g = float(transform.get("global_scale", 1.0))
+    g = float(transform.global_scale)
     if mode not in ("ground", "silhouette"):
         return None
-    if transform.get("identity") or abs(g - 1.0) < 1e-6:
+    if transform.identity or abs(g - 1.0) < 1e-6:
         return None
     fx = _centre_x(body)
     if fx is None:
         return None
-    H = int((transform.get("size") or (512, 512))[0])
+    H = int((transform.size or (512, 512))[0])
     return g, fx, _ground(body, H)
 
 
-def identity_alignment(size=(512, 512)) -> dict:
-    return {"version": 1, "size": list(size), "global_scale": 1.0, "bone_scale": {}, "src_anchor": None,
-            "drv_anchor": None, "width_ratio": 1.0}
+def identity_alignment(size=(512, 512)) -> AlignTransform:
+    """The transform that keeps the driving skeleton as is (version 1: per-bone, every scale 1, no anchors)."""
+    return AlignTransform(version=1, size=tuple(size))
 
 
-def apply_alignment(track: PoseTrack, transform: dict, source_masks: np.ndarray | None = None,
+def apply_alignment(track: PoseTrack, transform: AlignTransform, source_masks: np.ndarray | None = None,
                     driving_masks: np.ndarray | None = None) -> PoseTrack:
     """Retarget every frame of ``track`` (the driving poses) with ``transform``; returns a new track.
 
     In ``"silhouette"`` mode, ``source_masks`` / ``driving_masks`` (F, H, W) of the same output frames give the
     per-frame scale (:func:`silhouette_similarity`); without them the reference ``global_scale`` is used."""
-    size = tuple(transform.get("size") or track.size)
+    size = tuple(transform.size or track.size)
     if tuple(track.size) != size:
         track = track.rescaled(size)
-    g = float(transform.get("global_scale", 1.0))
-    scales = transform.get("bone_scale", {})
-    sa, da = transform.get("src_anchor"), transform.get("drv_anchor")
-    keep_x = bool(transform.get("keep_x", True))
+    g = float(transform.global_scale)
+    scales = transform.bone_scale
+    sa, da = transform.src_anchor, transform.drv_anchor
+    keep_x = bool(transform.keep_x)
     body_in, hands_in = track.body, track.hands
     body = body_in.copy()
     hands = hands_in.copy()
-    similarity = transform.get("mode", "bones") in ("ground", "silhouette")
+    similarity = transform.mode in ("ground", "silhouette")
     if similarity:
         have_masks = source_masks is not None and driving_masks is not None
         for t in range(len(track)):
@@ -264,7 +316,7 @@ def apply_alignment(track: PoseTrack, transform: dict, source_masks: np.ndarray 
     return PoseTrack(body, hands, track.flags.copy(), size, track.fps, dict(track.meta))
 
 
-def aligned_masks(driving_masks: np.ndarray, driving_body: np.ndarray, transform: dict,
+def aligned_masks(driving_masks: np.ndarray, driving_body: np.ndarray, transform: AlignTransform,
                   source_masks: np.ndarray | None = None, width_ratio: float | None = None,
                   source_body: np.ndarray | None = None, target_body: np.ndarray | None = None) -> np.ndarray:
     """The predicted target mask ("the source person's silhouette under the target pose"): every driving mask moved

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.conditioning.poses.keypoints import FLAG_INTERPOLATED, FLAG_MISSING, PoseTrack
+from pipelines.conditioning.poses.registry import DEFAULT_BACKEND
 from pipelines.conditioning.window_inputs import (
     as_size,
     driving_index_map,
@@ -40,7 +41,7 @@ def _write_png(fs, path: str, arr: np.ndarray, fmt: str = "PNG") -> None:
 
 
 def prepare(source: str, driving: str, out_dir: str, size=512, frames: int | None = None, mode: str = "pad",
-            policy: str = "trim", backend: str = "mediapipe", window: int = 24, source_fps: float | None = None,
+            policy: str = "trim", backend: str = DEFAULT_BACKEND, window: int = 24, source_fps: float | None = None,
             driving_fps: float | None = None, progress=None) -> dict:
     """Prepare one edit in the official folder layout under ``out_dir`` (fsspec URI allowed).
 
@@ -99,7 +100,7 @@ def prepare(source: str, driving: str, out_dir: str, size=512, frames: int | Non
             progress(len(ks))
     table = pa.table(rows).replace_schema_metadata({
         "mf_pose_version": "1", "width": str(size[1]), "height": str(size[0]), "fps": repr(float(s_info.fps)),
-        "format": "openpose18+hands21", "alignment": json.dumps(transform), "source": str(source),
+        "format": "openpose18+hands21", "alignment": json.dumps(transform.to_dict()), "source": str(source),
         "driving": str(driving) if not isinstance(driving, PoseTrack) else "<pose track>"})
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -107,7 +108,7 @@ def prepare(source: str, driving: str, out_dir: str, size=512, frames: int | Non
         f.write(buf.getvalue())
     s_flags = np.array(rows["source_flags"])
     d_flags = np.array(rows["driving_flags"])
-    summary = {"frames": n, "fps": s_info.fps, "size": list(size), "transform": transform,
+    summary = {"frames": n, "fps": s_info.fps, "size": list(size), "transform": transform.to_dict(),
                "source_missing": int(((s_flags & FLAG_MISSING) != 0).sum()),
                "source_interpolated": int(((s_flags & FLAG_INTERPOLATED) != 0).sum()),
                "driving_missing": int(((d_flags & FLAG_MISSING) != 0).sum()),

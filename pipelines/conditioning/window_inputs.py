@@ -6,7 +6,7 @@ Typical per-request use (the batch pipeline)::
 
     s_info, d_info = probe_video(src), probe_video(drv)
     n, dmap = driving_index_map(s_info, d_info, policy="trim")
-    transform = reference_alignment(src, drv, dmap)            # once per request, JSON-serialisable
+    transform = reference_alignment(src, drv, dmap)            # once per request: an AlignTransform
     for window in windows:                                     # each on a CPU worker
         arrays = prepare_window(src, drv, window_indices, [dmap[k] for k in window_indices], transform)
 
@@ -19,10 +19,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.conditioning.align import aligned_masks, apply_alignment, compute_alignment, identity_alignment
+from pipelines.conditioning.align import (
+    AlignTransform,
+    aligned_masks,
+    apply_alignment,
+    compute_alignment,
+    identity_alignment,
+)
 from pipelines.conditioning.masks import binarize, predicted_masks, warp_mask
 from pipelines.conditioning.poses import PoseExtractor, get_extractor
-from pipelines.conditioning.poses.keypoints import PoseTrack, read_pose_track
+from pipelines.conditioning.poses.keypoints import POSE_TRACK_SUFFIXES, PoseTrack, read_pose_track
+from pipelines.conditioning.poses.registry import DEFAULT_BACKEND
 from pipelines.conditioning.poses.tracking import clean_track
 from pipelines.conditioning.render import render_poses
 from pipelines.media import timeline
@@ -54,7 +61,7 @@ def driving_index_map(source_info: VideoInfo, driving_info: VideoInfo | PoseTrac
 
 # -- poses and masks -----------------------------------------------------------------------------------------------
 
-def extract_poses(frames: np.ndarray, fps: float = 0.0, backend: str | PoseExtractor = "mediapipe",
+def extract_poses(frames: np.ndarray, fps: float = 0.0, backend: str | PoseExtractor = DEFAULT_BACKEND,
                   with_masks: bool = False, max_gap: int = 8, smoothing: bool = True, reset: bool = True,
                   **backend_kwargs):
     """Poses of the most prominent person in fitted frames (N, H, W, 3): a cleaned :class:`PoseTrack`
@@ -79,16 +86,17 @@ def extract_poses(frames: np.ndarray, fps: float = 0.0, backend: str | PoseExtra
 def load_driving_track(driving) -> PoseTrack | None:
     if isinstance(driving, PoseTrack):
         return driving
-    if isinstance(driving, str) and driving.lower().endswith((".parquet", ".json")):
+    if isinstance(driving, str) and driving.lower().endswith(POSE_TRACK_SUFFIXES):
         return read_pose_track(driving)
     return None
 
 
 def reference_alignment(source: str, driving, source_indices: Sequence[int] | None = None,
                         driving_indices: Sequence[int] | None = None, size=512, mode: str = "pad",
-                        ref_frames: int = 4, backend: str = "mediapipe", source_info: VideoInfo | None = None,
-                        driving_info: VideoInfo | None = None) -> dict:
-    """Compute the per-request alignment transform from the first ``ref_frames`` frames of each input.
+                        ref_frames: int = 4, backend: str = DEFAULT_BACKEND, source_info: VideoInfo | None = None,
+                        driving_info: VideoInfo | None = None) -> AlignTransform:
+    """Compute the per-request :class:`~pipelines.conditioning.align.AlignTransform` from the first ``ref_frames``
+    frames of each input.
 
     ``source_info`` / ``driving_info``: the inputs' :func:`~pipelines.media.video.probe_video` results when the
     caller has them (each input is probed once per request)."""
@@ -120,7 +128,7 @@ def reference_alignment(source: str, driving, source_indices: Sequence[int] | No
 
 
 def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driving_indices: Sequence[int],
-                   transform: dict | None, size=512, mode: str = "pad", backend: str = "mediapipe",
+                   transform: AlignTransform | None, size=512, mode: str = "pad", backend: str = DEFAULT_BACKEND,
                    source_info: VideoInfo | None = None, driving_info: VideoInfo | None = None,
                    with_driving_frames: bool = False, keys: Sequence[str] | None = None) -> dict:
     """Everything the editing model needs for one window.
@@ -157,11 +165,11 @@ def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driv
     ext.reset()
     if d_masks is not None:
         aligned = apply_alignment(d_track, transform, s_masks, d_masks)
-        if transform.get("mode", "bones") in ("silhouette", "ground"):
+        if transform.mode in ("silhouette", "ground"):
             t_masks = aligned_masks(d_masks, d_track.body, transform, s_masks, source_body=s_track.body,
                                     target_body=aligned.body)
         else:
-            t_masks = predicted_masks(d_masks, d_track.body, aligned.body, float(transform.get("width_ratio", 1.0)))
+            t_masks = predicted_masks(d_masks, d_track.body, aligned.body, float(transform.width_ratio))
     else:
         aligned = apply_alignment(d_track, transform)
         # no driving pixels: carry the source silhouette from the source skeleton to the aligned target skeleton

@@ -1,4 +1,4 @@
-"""Temporal windows of a video (design §5) and their crossfade weights.
+"""Temporal windows of a video and their crossfade weights.
 
 Planning rules:
 

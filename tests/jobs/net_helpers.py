@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +88,21 @@ def mf_serve(tmp_path: Path, token: str, root: Path | None = None,
         wait_healthy(proc, base)
         yield proc, base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what this test started
-            proc.wait(timeout=30)
+        stop_tree(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def stop_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc``, its process group and every process under it (Ray's workers included), and wait for them."""
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what this test started
+        proc.wait(timeout=30)
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(tree, timeout=30)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import console as cli
+from jobs import cli, console
 
 REPO = Path(__file__).resolve().parents[2]
 NATIVE_MARKERS = ("inference_feedback_manager", "landmark_projection_calculator", "absl::InitializeLog",
@@ -60,12 +60,13 @@ def test_demo_console_is_quiet_and_the_log_file_holds_the_rest(tmp_path):
 
 
 def test_log_file_path(tmp_path):
-    local = cli.log_file_path("retarget", str(tmp_path / "run"))
+    local = console.log_file_path("retarget", str(tmp_path / "run"))
     assert Path(local).parent == tmp_path / "run" / "logs" and Path(local).name.startswith("mf-retarget-")
-    assert Path(cli.log_file_path("demo", f"file://{tmp_path}/d")).parent == tmp_path / "d" / "logs"
-    remote = cli.log_file_path("retarget", "s3://bucket/run-7")
+    assert Path(console.log_file_path("demo", f"file://{tmp_path}/d")).parent == tmp_path / "d" / "logs"
+    remote = console.log_file_path("retarget", "s3://bucket/run-7")
     assert Path(remote).parent.name == "mf-logs" and not (tmp_path / "bucket").exists()
-    assert Path(cli.log_file_path("prepare", str(tmp_path / "layout"))).parent.name == "mf-logs"  # not an output root
+    # prepare's --out is not an output root
+    assert Path(console.log_file_path("prepare", str(tmp_path / "layout"))).parent.name == "mf-logs"
 
 
 @pytest.mark.parametrize("name,level,msg,shown", [
@@ -79,8 +80,8 @@ def test_log_file_path(tmp_path):
 ])
 def test_console_filter(name, level, msg, shown):
     record = logging.LogRecord(name, level, __file__, 1, msg, None, None)
-    assert cli._ConsoleFilter(0).filter(record) is shown
-    assert cli._ConsoleFilter(1).filter(record) is True
+    assert console._ConsoleFilter(0).filter(record) is shown
+    assert console._ConsoleFilter(1).filter(record) is True
 
 
 def test_verbose_counts_before_and_after_the_command():

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 
-import psutil
 import pytest
 import requests
 
@@ -19,7 +18,7 @@ from jobs.serve.http_guard import GuardConfig
 from tests.jobs.media_helpers import write_clip
 from tests.jobs.net_helpers import mf_serve
 from tests.jobs.test_serve import PARAMS, TOKEN_A, _auth
-from tests.jobs.test_serve_security import PeakGrowth, RawPost, _part
+from tests.jobs.test_serve_security import PeakGrowth, RawPost, _part, _pids
 from tests.pipelines.test_pose_track_limits import _bomb, _escaped_json, _track
 
 MB = 2**20
@@ -68,16 +67,13 @@ def _warm_up(e) -> None:
         assert r.status_code == 202, r.text
 
 
-def _tree_pids(root: int, marker: str) -> list[int]:
-    return [p.pid for p in psutil.Process(root).children(recursive=True)
-            if any(marker in part for part in p.cmdline())]
 
 
 def _measure(e, name: str, attack, bound: int):
     """``attack()`` with the peak RSS growth of the proxy and of the API replica of this ``mf serve`` under
     ``bound`` each; records the figures."""
-    with PeakGrowth("ProxyActor", _tree_pids(e["proc"].pid, "ProxyActor")) as proxy, \
-            PeakGrowth("EditAPI", _tree_pids(e["proc"].pid, "ServeReplica:mf:EditAPI")) as api:
+    with PeakGrowth("ProxyActor", _pids("ProxyActor", e["proc"].pid)) as proxy, \
+            PeakGrowth("EditAPI", _pids("ServeReplica:mf:EditAPI", e["proc"].pid)) as api:
         result = attack()
     REPORT[name] = f"proxy peak +{proxy.growth / MB:.1f} MiB, API replica peak +{api.growth / MB:.1f} MiB"
     assert proxy.growth < bound and api.growth < bound, REPORT[name]

@@ -334,6 +334,6 @@ def test_b_worker_checks_the_inputs_again_before_it_runs(tmp_path, fixture_cases
     worker.store.write(NS_A, edit_id, {"id": edit_id, "state": "queued", "progress": 0.0})
     row = worker.run(NS_A, edit_id, req.to_dict())
     state = _state({"root": tmp_path / "root"}, edit_id)
-    assert row["status"] == "failed" and state["state"] == "failed", state
+    assert row.status == "failed" and state["state"] == "failed", state
     assert state["error"].startswith("not run: source: 320x320 exceeds the 256 px limit"), state
     assert _files({"root": tmp_path / "root"}, edit_id) == ["state.json"]

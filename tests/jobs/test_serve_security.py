@@ -149,12 +149,17 @@ def _part(name: str, data: bytes, filename: str | None = None, boundary: str = "
 
 # -- memory of the replicas ------------------------------------------------------------------------------------------
 
-def _pids(marker: str) -> list[int]:
-    """Processes whose command line (Ray's process title) names ``marker``, e.g. the EditAPI replica's actor."""
+def _pids(marker: str, root: int | None = None) -> list[int]:
+    """Processes under ``root`` (default: this process, whose Ray the tests started) whose command line (Ray's
+    process title) names ``marker``, e.g. the EditAPI replica's actor; other Ray clusters on the host are not
+    looked at."""
     out = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if any(marker in part for part in (p.info["cmdline"] or ())):
-            out.append(p.info["pid"])
+    for p in psutil.Process(root or os.getpid()).children(recursive=True):
+        try:
+            if any(marker in part for part in p.cmdline()):
+                out.append(p.pid)
+        except psutil.Error:  # gone meanwhile
+            continue
     return out
 
 

@@ -5,6 +5,7 @@ import urllib.request
 import pytest
 
 from pipelines.batch.metrics import PipelineMetrics, default_metrics, start_metrics_server
+from pipelines.batch.results import ResultRow
 
 NAMES = ["mf_requests_total", "mf_windows_total", "mf_frames_total", "mf_stage_seconds", "mf_edit_seconds",
          "mf_actor_busy_seconds_total", "mf_queue_depth", "mf_gpu_memory_peak_bytes", "mf_frames_per_second"]
@@ -16,9 +17,9 @@ def test_rows_update_metrics():
     m.record_window_row({"status": "succeeded", "seconds_prepare": 0.2, "seconds_edit": 1.5, "edit_seconds": 1.4,
                          "actor_busy_seconds": 1.5, "gpu_memory_peak_bytes": 1000})
     m.record_window_row({"status": "failed", "actor_busy_seconds": 0.5, "gpu_memory_peak_bytes": 500})
-    m.record_result_row({"status": "succeeded", "frames": 100, "seconds_total": 9.0, "seconds_stitch": 1.0})
-    m.record_result_row({"status": "failed", "frames": None})
-    m.record_result_row({"status": "skipped"})
+    m.record_result_row(ResultRow("a", "succeeded", frames=100, seconds_total=9.0, seconds_stitch=1.0))
+    m.record_result_row(ResultRow("b", "failed", frames=None))
+    m.record_result_row(ResultRow("c", "skipped"))
     m.set_queue_depth(3)
     assert m.value("mf_windows_total", {"status": "succeeded"}) == 1
     assert m.value("mf_windows_total", {"status": "failed"}) == 1

@@ -157,7 +157,7 @@ def test_prepare_window_shapes_and_pose_track_driving(tmp_path, fixture_cases, p
     transform = P.reference_alignment(src, str(person_video), size=256)
     import json
 
-    json.dumps(transform)
+    assert P.AlignTransform.from_dict(json.loads(json.dumps(transform.to_dict()))) == transform
     w = P.prepare_window(src, str(person_video), [0, 1, 2], [0, 1, 2], transform, size=256, source_info=s_info)
     assert w["source_frames"].shape == (3, 256, 256, 3)
     assert w["target_poses"].shape == (3, 256, 256, 3) and w["target_poses"].dtype == np.uint8

@@ -85,8 +85,8 @@ def test_alignment_scales_to_source_and_is_json(fixture_cases):
     s_track = P.PoseTrack(src, zeros, np.zeros(4), (512, 512))
     d_track = P.PoseTrack(drv, zeros, np.zeros(4), (512, 512))
     tf = compute_alignment(s_track, d_track, keep_x=False, mode="bones")
-    json.dumps(tf)
-    assert tf["global_scale"] == pytest.approx(2.0, rel=1e-3)
+    json.dumps(tf.to_dict())
+    assert tf.global_scale == pytest.approx(2.0, rel=1e-3)
     out = apply_alignment(d_track, tf)
     vis = src[..., 2] > 0
     err = np.hypot(*(out.body[vis][:, :2] - src[vis][:, :2]).T)
@@ -104,7 +104,7 @@ def test_ground_alignment_keeps_feet_and_scales_uniformly():
     s_body[0, 1, 1] = 400 - 1.5 * 250  # the source stands 1.5x taller (floor to neck)
     s = P.PoseTrack(s_body, np.zeros((1, 2, 21, 3)), np.zeros(1), (512, 512))
     tf = compute_alignment(s, d, ref_frames=1)
-    assert tf["mode"] == "ground" and tf["global_scale"] == pytest.approx(1.5, rel=1e-3)
+    assert tf.mode == "ground" and tf.global_scale == pytest.approx(1.5, rel=1e-3)
     out = apply_alignment(d, tf).body[0]
     fx = body[0, [8, 11], 0].mean()
     np.testing.assert_allclose(out[10, 1], 400, atol=1e-3)  # feet stay on the floor

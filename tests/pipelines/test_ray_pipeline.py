@@ -115,6 +115,8 @@ def test_mixed_manifest_fails_bad_rows_and_writes_good_outputs(reference):
     assert good["frames"] == FRAMES and good["fps_rational"] == FPS and good["windows"] == 2
     assert (good["width"], good["height"]) == (96, 96)  # the source resolution
     assert good["model"] == "tiny" and good["weights_id"] and good["seam_score"] is not None
+    assert all(r["seconds_total"] > 0 for r in rows.values())  # from the run's start until its row was in
+    assert good["seconds_total"] >= good["seconds_stitch"]
     assert json.loads(good["params_json"])["steps"] == 2
     probe = _ffprobe(good["output_uri"])
     assert int(probe["video"]["nb_read_frames"]) == FRAMES and probe["video"]["r_frame_rate"] == FPS
@@ -251,9 +253,9 @@ def test_single_request_in_process_on_memory_filesystem(reference, inputs):
     model = mf_model.load_model(None, preset_name="tiny")
     seen = []
     row = edit_request(req, cfg, model, progress=lambda stage, done, total: seen.append((stage, done, total)))
-    assert row["status"] == "succeeded", row["error"]
-    assert row["output_uri"].startswith("memory://") and storage.exists(row["output_uri"])
-    assert row["frames"] == FRAMES and row["fps_rational"] == FPS and row["windows"] == 2
+    assert row.status == "succeeded", row.error
+    assert row.output_uri.startswith("memory://") and storage.exists(row.output_uri)
+    assert row.frames == FRAMES and row.fps_rational == FPS and row.windows == 2
     assert seen[-1] == ("request", 1, 1) and ("window", 2, 2) in seen
     ref = _windows(ref_out)
     names = storage.listdir(storage.join(out, "windows", "good"))
@@ -262,7 +264,7 @@ def test_single_request_in_process_on_memory_filesystem(reference, inputs):
         got = storage.read_npz(storage.join(out, "windows", "good", name))["frames"]
         np.testing.assert_array_equal(got, np.load(ref[name])["frames"])
     again = edit_request(req, cfg, model)
-    assert again["status"] == "skipped"
+    assert again.status == "skipped"
     with pytest.raises(ValueError, match="memory://"):
         run_pipeline(cfg)
 
@@ -315,9 +317,9 @@ def test_a_phone_clip_comes_back_upright_square_pixelled_in_sync_and_says_so(inp
     req = parse_row({"source": str(phone), "driving": str(inputs / "waving.parquet"), **PARAMS, "window": 12,
                      "overlap": 0}, 1, cfg.out)
     row = edit_request(req, cfg, mf_model.load_model(None, preset_name="tiny"))
-    assert row["status"] == "succeeded", row["error"]
-    assert (row["resampled"], row["rotation"], row["rescaled"], row["tone_mapped"]) == (True, 270, True, False)
-    assert (row["width"], row["height"], row["fps_rational"], row["frames"]) == (192, 192, FPS, FRAMES)
-    facts = probe_output(row["output_uri"])
+    assert row.status == "succeeded", row.error
+    assert (row.resampled, row.rotation, row.rescaled, row.tone_mapped) == (True, 270, True, False)
+    assert (row.width, row.height, row.fps_rational, row.frames) == (192, 192, FPS, FRAMES)
+    facts = probe_output(row.output_uri)
     assert (facts["width"], facts["height"], facts["frames"], facts["fps"]) == (192, 192, FRAMES, FPS)
     assert facts["has_audio"] and abs(facts["audio_duration"] - FRAMES * 1001 / 30000) < 0.05, facts

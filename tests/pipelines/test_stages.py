@@ -17,6 +17,7 @@ from pipelines.batch.identity import request_identity
 from pipelines.batch.requests import parse_row
 from pipelines.batch.stages import Conditioner, edit_task, plan_request, prepare_task
 from pipelines.batch.tasks import PLAN_FAILED, TASK_SCHEMA, RequestPlan, WindowTask, tasks_from_table, tasks_to_table
+from pipelines.conditioning.align import AlignTransform
 from pipelines.conditioning.window_inputs import MODEL_INPUTS
 from pipelines.media import InputError, VideoInfo, storage
 from pipelines.media.encode import probe_output
@@ -43,8 +44,8 @@ class FakeConditioner(Conditioner):
         return VideoInfo(uri=uri, frames=12, fps=24.0, width=48, height=32)
 
     def alignment(self, req, source_indices, driving_map, source_info, driving):
-        return {"version": 1, "size": [req.size, req.size], "global_scale": 1.0, "bone_scale": {},
-                "src_anchor": None, "drv_anchor": None, "width_ratio": 1.0}
+        return AlignTransform(version=1, size=(req.size, req.size), global_scale=1.0, bone_scale={}, src_anchor=None,
+                              drv_anchor=None, width_ratio=1.0)
 
     def window_arrays(self, task):
         if self.fail_prepare:
@@ -138,19 +139,19 @@ def test_prepare_payload_holds_the_model_inputs_only(cfg):
 def test_finish_stitches_a_video_deletes_its_windows_and_a_rerun_skips_it(cfg):
     req = _request(cfg)
     row = finish_request(_run(cfg, req), cfg)
-    assert row["status"] == "succeeded", row["error"]
-    assert (row["frames"], row["windows"], row["model"], row["weights_id"]) == (10, 2, "fake", "fake-1")
-    meta = probe_output(row["output_uri"])
+    assert row.status == "succeeded", row.error
+    assert (row.frames, row.windows, row.model, row.weights_id) == (10, 2, "fake", "fake-1")
+    meta = probe_output(row.output_uri)
     assert meta["frames"] == 10 and (meta["width"], meta["height"]) == (48, 32)  # the source size
-    assert row["bytes_written"] == storage.open_fs(row["output_uri"])[0].size(row["output_uri"]) > 0
+    assert row.bytes_written == storage.open_fs(row.output_uri)[0].size(row.output_uri) > 0
     assert not storage.exists(storage.join(cfg.out, "windows", "r1"))  # intermediate windows are gone
-    assert skipped_row(req, _inputs(req), cfg)["status"] == "skipped"
+    assert skipped_row(req, _inputs(req), cfg).status == "skipped"
 
 
 def test_kept_windows_are_reused(cfg):
     cfg = dataclasses.replace(cfg, processing=ProcessingOptions(keep_windows=True))
     req = _request(cfg)
-    assert finish_request(_run(cfg, req), cfg)["status"] == "succeeded"
+    assert finish_request(_run(cfg, req), cfg).status == "succeeded"
     assert len(storage.listdir(storage.join(cfg.out, "windows", "r1"))) == 2
     model = FakeModel()
     again = _run(cfg, req, model=model)  # the windows are on storage: nothing is edited again
@@ -160,33 +161,35 @@ def test_kept_windows_are_reused(cfg):
 def test_finish_reports_the_first_failed_window(cfg):
     tasks = _run(cfg, _request(cfg), model=FakeModel(fail=True))
     row = finish_request(tasks, cfg)
-    assert row["status"] == "failed" and row["error"].startswith("edit window 0:") and row["windows"] == 2
-    assert not storage.exists(row["output_uri"])
+    assert row.status == "failed" and row.error.startswith("edit window 0:") and row.windows == 2
+    assert not storage.exists(row.output_uri)
 
 
 def test_window_task_round_trips_through_arrow(cfg):
     (task, _) = plan_request(_request(cfg), _inputs(_request(cfg)), cfg, FakeConditioner())
-    task.plan.transform.update(mode="bones", bone_scale={"1-2": 1.5}, src_anchor=[1.0, 2.0], keep_x=True)
+    task.plan.transform = dataclasses.replace(task.plan.transform, mode="bones", bone_scale={"1-2": 1.5},
+                                              src_anchor=[1.0, 2.0], keep_x=True)
     task.payload = b"npz"
     table = tasks_to_table([task])
     assert table.schema == TASK_SCHEMA
     assert pa.types.is_struct(table.schema.field("request").type)
     assert pa.types.is_list(table.schema.field("source_indices").type)
     (back,) = tasks_from_table(table)
-    # a transform key whose value is None comes back absent (readers use .get, which gives None for both)
-    assert back.plan.transform == {k: v for k, v in task.plan.transform.items() if v is not None}
-    back.plan.transform = task.plan.transform
+    # a transform field whose value is None comes back None
+    assert back.plan.transform == task.plan.transform and back.plan.transform.drv_anchor is None
     assert back == task
-    task.plan.transform["new_key"] = 1.0
+    # a transform with a field the task schema does not know fails where it crosses in (JSON, a dict)
     with pytest.raises(ValueError, match="new_key"):
-        tasks_to_table([task])
+        AlignTransform.from_dict({**task.plan.transform.to_dict(), "new_key": 1.0})
 
 
-def test_request_plan_keeps_absent_transform_keys_absent():
+def test_request_plan_keeps_a_partial_transform_as_its_defaults():
+    """A transform dict with fields left out (version 1) means their defaults, before and after the round trip."""
     plan = RequestPlan(frames=1, fps="24/1", source_fps=24.0, has_audio=False,
-                       geometry={"scale": 1.0, "ox": 0, "oy": 0}, source_hw=(8, 8), transform={"version": 1})
+                       geometry={"scale": 1.0, "ox": 0, "oy": 0}, source_hw=(8, 8),
+                       transform=AlignTransform.from_dict({"version": 1}))
     table = pa.Table.from_pylist([{"plan": plan.to_row()}], schema=pa.schema([TASK_SCHEMA.field("plan")]))
-    assert RequestPlan.from_row(table.to_pylist()[0]["plan"]).transform == {"version": 1}
+    assert RequestPlan.from_row(table.to_pylist()[0]["plan"]).transform == AlignTransform(version=1)
 
 
 def test_window_task_defaults_are_a_failed_plan_shape(cfg):
@@ -219,7 +222,7 @@ def _real_request(cfg, tmp_path, **kw):
 
 def test_other_weights_a_replaced_source_or_other_parameters_recompute(cfg, tmp_path):
     req = _real_request(cfg, tmp_path)
-    assert finish_request(_run(cfg, req), cfg)["status"] == "succeeded"
+    assert finish_request(_run(cfg, req), cfg).status == "succeeded"
     before = _inputs(req)
     assert skipped_row(req, before, cfg) is not None
     assert before.source.startswith("size:9;mtime:")
@@ -234,7 +237,7 @@ def test_other_weights_a_replaced_source_or_other_parameters_recompute(cfg, tmp_
     more_steps = _request(cfg, source=req.source, driving=req.driving, steps=3)
     assert _inputs(more_steps).key != replaced.key
     rerun = finish_request(_run(cfg, req), cfg)  # the replaced source is edited again and recorded
-    assert rerun["source_identity"] == replaced.source and rerun["content_key"] == replaced.key
+    assert rerun.source_identity == replaced.source and rerun.content_key == replaced.key
 
 
 def test_a_cached_window_that_does_not_load_or_has_the_wrong_shape_is_recomputed(cfg):

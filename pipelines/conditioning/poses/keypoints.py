@@ -69,6 +69,8 @@ FLAG_INTERPOLATED = 1
 FLAG_MISSING = 2
 FLAG_HELD = 4
 VERSION = "1"
+# the file names read as pose tracks (case-insensitive): a driving input ending otherwise is a video
+POSE_TRACK_SUFFIXES = (".parquet", ".json")
 
 
 @dataclass
