@@ -29,9 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from jobs.serve.config import ServeConfig
 from jobs.serve.inputs import (
     CHUNK_BYTES,
-    LABELS,
-    check_cost,
-    check_limits,
+    check_inputs,
     input_uris,
     parse_edit,
     with_inputs,
@@ -245,8 +243,7 @@ class EditAPI(EditLifecycle):
         req = parse_edit(form, edit_id, edit_dir, self.cfg)
         inputs = await input_uris(form, edit_dir, self.cfg)
         req = with_inputs(req, inputs)
-        frames = {label: await asyncio.to_thread(check_limits, inputs[label], label, self.cfg) for label in LABELS}
-        check_cost(req, frames["source"], self.cfg)
+        await asyncio.to_thread(check_inputs, req, self.cfg)
         return req
 
     def _discard(self, ns: str, edit_id: str) -> None:

@@ -22,7 +22,6 @@ its settings, is in docs/operations.md.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -32,9 +31,12 @@ from typing import Any, Optional
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from jobs.serve.limits import content_length, refuse
+
 log = logging.getLogger("mf.serve.http")
 
 PROTOCOL = "jobs.serve.http_guard:GuardedH11Protocol"
+CLOSE = {"Connection": "close"}  # every refusal closes the connection: the server stops reading it
 ENV_VARS = {  # field → environment variable of the proxy's process
     "max_header_bytes": "MF_HTTP_MAX_HEADER_BYTES", "max_headers": "MF_HTTP_MAX_HEADERS",
     "header_timeout_s": "MF_HTTP_HEADER_TIMEOUT_S", "body_idle_s": "MF_HTTP_BODY_IDLE_S",
@@ -180,12 +182,12 @@ class RequestCap:
             return
         headers = scope.get("headers") or []
         if len(headers) > self.max_headers:
-            await _answer(send, 431, f"more than {self.max_headers} request headers")
+            await refuse(send, 431, f"more than {self.max_headers} request headers", CLOSE)
             return
-        declared = _content_length(headers)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await _answer(send, 413, f"request body of {declared} bytes exceeds the {self.max_body_bytes} byte "
-                                     f"limit")
+            await refuse(send, 413, f"request body of {declared} bytes exceeds the {self.max_body_bytes} byte "
+                                    f"limit", CLOSE)
             return
         await _Capped(self, receive, send).run(scope)
 
@@ -211,7 +213,8 @@ class _Capped:
             if self.size > self.cap.max_body_bytes:
                 self.refused = True
                 if not self.started:
-                    await _answer(self._send, 413, f"request body exceeds the {self.cap.max_body_bytes} byte limit")
+                    await refuse(self._send, 413, f"request body exceeds the {self.cap.max_body_bytes} byte limit",
+                                 CLOSE)
                 return {"type": "http.disconnect"}  # the app stops; the closed connection stops the reading
         return message
 
@@ -221,21 +224,3 @@ class _Capped:
         if message["type"] == "http.response.start":
             self.started = True
         await self._send(message)
-
-
-def _content_length(headers: list) -> Optional[int]:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-async def _answer(send: Any, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

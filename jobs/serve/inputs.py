@@ -177,6 +177,13 @@ def edit_cost(req: Request, frames: int) -> float:
     return req.steps * edited * (req.size / COST_SIZE) ** 2
 
 
+def check_inputs(req: Request, cfg: ServeConfig) -> None:
+    """Both inputs within the limits (:func:`check_limits`, source first) and the edit within the cost cap; the
+    :class:`HTTPException` of the first check it fails."""
+    frames = {label: check_limits(getattr(req, label), label, cfg) for label in LABELS}
+    check_cost(req, frames["source"], cfg)
+
+
 def check_cost(req: Request, source_frames: int, cfg: ServeConfig) -> None:
     """422 naming the cap when the edit would cost more than ``cfg.max_cost``."""
     cost = edit_cost(req, source_frames)

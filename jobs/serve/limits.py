@@ -72,7 +72,7 @@ class ClientGone(Exception):
     """The client disconnected before its body was complete."""
 
 
-def _content_length(scope: Scope) -> Optional[int]:
+def content_length(scope: Scope) -> Optional[int]:
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
             try:
@@ -82,7 +82,7 @@ def _content_length(scope: Scope) -> Optional[int]:
     return None
 
 
-async def _refuse(send: Send, status: int, detail: str, headers: Optional[dict[str, str]] = None) -> None:
+async def refuse(send: Send, status: int, detail: str, headers: Optional[dict[str, str]] = None) -> None:
     """A JSON error response (refused bodies add ``Connection: close``: the HTTP server stops reading them)."""
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -149,7 +149,7 @@ class BodyGuard:
         try:
             limits = policy.admit(scope)
         except StarletteHTTPException as exc:
-            await _refuse(send, exc.status_code, str(exc.detail), {**(exc.headers or {}), "Connection": "close"})
+            await refuse(send, exc.status_code, str(exc.detail), {**(exc.headers or {}), "Connection": "close"})
             return
         try:
             await self._guarded(scope, receive, send, limits)
@@ -157,16 +157,16 @@ class BodyGuard:
             limits.release()
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, limits: BodyLimits) -> None:
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > limits.max_bytes:
-            await _refuse(send, 413, f"request body of {declared} bytes exceeds the {limits.max_bytes} byte limit",
+            await refuse(send, 413, f"request body of {declared} bytes exceeds the {limits.max_bytes} byte limit",
                           {"Connection": "close"})
             return
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
             try:
                 size = await read_body(receive, limits, spool)
             except BodyRefused as exc:
-                await _refuse(send, exc.status, exc.detail, {"Connection": "close"})
+                await refuse(send, exc.status, exc.detail, {"Connection": "close"})
                 return
             except ClientGone:
                 return

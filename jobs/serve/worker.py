@@ -21,7 +21,7 @@ from fastapi import HTTPException
 from ray import serve
 
 from jobs.serve.config import ServeConfig
-from jobs.serve.inputs import LABELS, check_cost, check_limits, scrub
+from jobs.serve.inputs import check_inputs, scrub
 from jobs.serve.store import EditGone, StateStore, is_active, is_cancelled
 from pipelines.batch.config import RunConfig, RunOptions
 from pipelines.batch.identity import model_key
@@ -137,8 +137,7 @@ class EditWorker:
         """The inputs' limits and the edit's cost, checked again as the API checked them (the probe is cached by
         content, so an unchanged input costs a lookup): why not to run it, or None."""
         try:
-            frames = {label: check_limits(getattr(req, label), label, self.cfg) for label in LABELS}
-            check_cost(req, frames["source"], self.cfg)
+            check_inputs(req, self.cfg)
         except HTTPException as exc:
             return f"not run: {exc.detail}"
         return None
