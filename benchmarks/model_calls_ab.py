@@ -47,7 +47,7 @@ def inner(args) -> int:
     model = load_model(preset_name=args.preset, dtype="fp32", device="cpu")
     build_s = time.perf_counter() - t0
     resident = rss_gib()
-    opts = {"steps": args.steps, "cfg": 3.5, "seed": 0, "camera": False}
+    opts = {"steps": args.steps, "guidance_scale": 3.5, "seed": 0, "camera": False}
     if args.checkpointing is not None:
         opts["guidance_checkpointing"] = args.checkpointing == "on"
     res = model.edit(synthetic_window(args.frames, args.size, args.size), EditOptions(**opts))

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     if device == "cuda":
         print(f"resident_device_gib: {resident_dev:.2f}")
     win = synthetic_window(args.frames, h, w)
-    opts = EditOptions(steps=args.steps, cfg=args.cfg, camera=args.camera, seed=0)
+    opts = EditOptions(steps=args.steps, guidance_scale=args.cfg, camera=args.camera, seed=0)
     times, timings = [], {}
     for _ in range(args.windows):
         t0 = time.perf_counter()

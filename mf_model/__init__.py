@@ -6,7 +6,7 @@ Public API::
 
     from mf_model import load_model, EditWindow, EditOptions
     model = load_model("/models/motionfollower", dtype="fp16", device="cuda")   # or load_model() → tiny preset
-    result = model.edit(EditWindow(...), EditOptions(steps=50, cfg=3.5, camera=False))
+    result = model.edit(EditWindow(...), EditOptions(steps=50, guidance_scale=3.5, camera=False))
     result.frames  # (F, H, W, 3) uint8
 
 Names resolve lazily (as in diffusers): ``from mf_model.window import EditOptions`` or ``MAX_WINDOW_FRAMES`` costs no

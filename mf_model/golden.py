@@ -3,7 +3,8 @@
 A case directory holds an official-style inference YAML (weights in the official layout), ``inference_v2.yaml``,
 ``meta.json`` (runs: camera, cfg, steps, seed, frames, size), ``inputs/`` (official folder names) and per run
 ``camera_<X>/{outputs,intermediates}.npz``. Everything is loaded through the public loading path; sizes, frame
-counts, channels, seeds and cfg come from the case. One line per compared array, then ``golden: PASS|FAIL``.
+counts, channels, seeds and the guidance scale (``cfg``) come from the case. One line per compared array, then
+``golden: PASS|FAIL``.
 """
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ def _prepare_run(model: MotionFollower, case: Case, run: str) -> _Run:
     spec = case.runs()[run]
     ref = case.arrays(run)
     camera = str(spec["camera"]) == "True"
-    opts = EditOptions(steps=int(spec["steps"]), cfg=float(spec["cfg"]), camera=camera, seed=int(spec["seed"]))
+    opts = EditOptions(steps=int(spec["steps"]), guidance_scale=float(spec["cfg"]), camera=camera,
+                       seed=int(spec["seed"]))
     win = case.window
     if win.num_frames != int(spec["L"]) or win.size != (int(spec["H"]), int(spec["W"])):
         raise ValueError(f"{case.dir}: inputs are {win.num_frames} frames of {win.size}, meta says "

@@ -353,7 +353,7 @@ class MotionFollower:
     def sampler(self, options: EditOptions, tap: Optional[Tap] = None) -> TwoBranchSampler:
         weights = GuidanceWeights(energy_scale=options.energy_scale, factor=options.guidance_factor)
         return TwoBranchSampler(self.unet, self.estimator, Schedule(self.config.scheduler, options.steps),
-                                cfg=options.cfg, camera=options.camera, weights=weights,
+                                guidance_scale=options.guidance_scale, camera=options.camera, weights=weights,
                                 sde_strength=options.sde_strength, tap=tap,
                                 checkpointing=options.guidance_checkpointing)
 

@@ -53,10 +53,11 @@ def available_device_bytes(device: torch.device) -> int:
 
 class TwoBranchSampler:
     def __init__(self, unet: UNet3DConditionModel, estimator: UNet3DConditionModel, schedule: Schedule,
-                 cfg: float, camera: bool, weights: GuidanceWeights = GuidanceWeights(), sde_strength: float = 0.4,
-                 tap: Optional[Tap] = None, checkpointing: Optional[bool] = None):
+                 guidance_scale: float, camera: bool, weights: GuidanceWeights = GuidanceWeights(),
+                 sde_strength: float = 0.4, tap: Optional[Tap] = None, checkpointing: Optional[bool] = None):
         self.unet, self.estimator, self.sched = unet, estimator, schedule
-        self.cfg, self.camera, self.weights, self.sde_strength = cfg, camera, weights, sde_strength
+        self.guidance_scale, self.camera = guidance_scale, camera
+        self.weights, self.sde_strength = weights, sde_strength
         self.tap = tap or (lambda name, i, value: None)
         self.timings: dict[str, list[float]] = defaultdict(list)  # seconds per call, by phase
         self.checkpointing = checkpointing  # activation checkpointing in guidance; None: decide from free memory
@@ -107,7 +108,7 @@ class TwoBranchSampler:
     def _edit_forward(self, x: torch.Tensor, t: int, c: Conditions, record: bool):
         """The editing branch's (CFG) v-prediction; with ``record``, also ``(x_leaf, features)``: the guidance's
         edit features, taken from the conditional forward with their graph (up to the last guidance block)."""
-        use_cfg = self.cfg > 1.0
+        use_cfg = self.guidance_scale > 1.0
         if not record:
             if not use_cfg:
                 return self.unet(x, t, c.clip, c.pose_tgt, c.app_unet), None
@@ -130,7 +131,7 @@ class TwoBranchSampler:
         t = sched.timesteps[i]
         s = sched.prev(t)
         a_t, a_s = sched.alpha(t), sched.alpha(s)
-        use_cfg = self.cfg > 1.0
+        use_cfg = self.guidance_scale > 1.0
         # the estimator's edit forward is the conditional UNet forward when they share weights and no
         # reconstruction K/V are injected into the latter (camera mode) at this step
         record = plan.guidance(i) and self.share_edit_features and bank is None
@@ -140,7 +141,7 @@ class TwoBranchSampler:
             with camera_mode(self.unet.camera_hook, "inject" if bank is not None else None, bank), \
                     self._timed("edit_forward"):
                 out, edit = self._edit_forward(x, t, c, record)
-                v = out[0] + self.cfg * (out[1] - out[0]) if use_cfg else out
+                v = out[0] + self.guidance_scale * (out[1] - out[0]) if use_cfg else out
             if r == 0:
                 self.tap("edit_unet_out", i, out)
             v_org = v

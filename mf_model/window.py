@@ -26,7 +26,7 @@ class EditOptions:
     """
 
     steps: int = 50
-    cfg: float = 3.5
+    guidance_scale: float = 3.5  # classifier-free guidance scale; <= 1 turns it off
     camera: bool = False
     seed: int = 42
     # guidance / sampler constants of the official editor (spec §7.4-§7.5)

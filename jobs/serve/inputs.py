@@ -22,13 +22,14 @@ from fastapi import HTTPException
 from starlette.datastructures import FormData
 
 from jobs.serve.config import ServeConfig
-from pipelines.batch.requests import Request, parse_row
+from pipelines.batch.requests import COLUMN_ALIASES, Request, parse_row
 from pipelines.conditioning.poses.keypoints import POSE_TRACK_SUFFIXES, pose_track_header
 from pipelines.media import InputError, probe_video, storage
 from pipelines.windows.planning import plan_windows
 
 LABELS = ("source", "driving")
-REQUEST_FIELDS = ("steps", "cfg", "seed", "camera", "window", "overlap", "size", "length_policy", "preview")
+REQUEST_FIELDS = ("steps", "guidance_scale", "seed", "camera", "window", "overlap", "size", "length_policy", "preview",
+                  *COLUMN_ALIASES)
 CHUNK_BYTES = 1 << 20
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp", ".png", ".apng")
 POSE_EXTS = POSE_TRACK_SUFFIXES
@@ -152,8 +153,13 @@ def parse_edit(form: FormData, edit_id: str, edit_dir: str, cfg: ServeConfig) ->
     """The validated request (the configured defaults under the form's parameters), inputs still placeholders
     (:func:`with_inputs`); 422 for an unknown field, a bad parameter or one over the operator's caps."""
     _check_fields(form)
-    raw = {k: form.get(k) for k in REQUEST_FIELDS if form.get(k) not in (None, "")}
-    raw = {**cfg.defaults, **raw, "source": _PLACEHOLDER, "driving": _PLACEHOLDER, "request_id": edit_id,
+    given = [k for k in REQUEST_FIELDS if form.get(k) not in (None, "")]
+    both = [f"{a!r} and {c!r}" for a, c in COLUMN_ALIASES.items() if a in given and c in given]
+    if both:
+        raise HTTPException(422, f"form fields {', '.join(both)} are one parameter (the first is its old name): "
+                                 "give one")
+    raw = {**_canonical(cfg.defaults), **_canonical({k: form.get(k) for k in given}),
+           "source": _PLACEHOLDER, "driving": _PLACEHOLDER, "request_id": edit_id,
            "output": storage.join(edit_dir, "result.mp4")}
     try:
         req = parse_row(raw, row=1, out=edit_dir)
@@ -165,6 +171,11 @@ def parse_edit(form: FormData, edit_id: str, edit_dir: str, cfg: ServeConfig) ->
     if over:
         raise HTTPException(422, "; ".join(over))
     return req
+
+
+def _canonical(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters under their current names (an old alias such as ``cfg`` renamed)."""
+    return {COLUMN_ALIASES.get(k, k): v for k, v in params.items()}
 
 
 def with_inputs(req: Request, inputs: dict[str, str]) -> Request:

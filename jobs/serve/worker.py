@@ -23,12 +23,12 @@ from ray import serve
 from jobs.serve.config import ServeConfig
 from jobs.serve.inputs import check_inputs, scrub
 from jobs.serve.store import EditGone, StateStore, is_active, is_cancelled
+from pipelines.batch.cancel import Cancelled
 from pipelines.batch.config import RunConfig, RunOptions
 from pipelines.batch.identity import model_key
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
 from pipelines.batch.single import edit_request
-from pipelines.batch.stages import RequestCancelled
 
 log = logging.getLogger("mf.serve")
 
@@ -124,7 +124,7 @@ class EditWorker:
         try:
             row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id),
                                model_key=self.model_key, cancel=cancel)
-        except RequestCancelled:
+        except Cancelled:
             return CANCELLED
         except EditGone:
             raise

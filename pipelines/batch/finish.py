@@ -18,11 +18,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from pipelines.batch.cancel import Cancel, Cancelled, check_cancel
 from pipelines.batch.config import RunConfig
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
-from pipelines.batch.stages import Cancel, RequestCancelled, check_cancel
 from pipelines.batch.tasks import FAILED, RequestPlan, WindowTask, error_text
 from pipelines.media import storage
 from pipelines.media.encode import VideoWriter
@@ -97,7 +97,7 @@ def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: li
 
 def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> ResultRow:
     """Blend a request's windows in order into its video (+ preview); commit; write the done marker. ``cancel`` is
-    checked before each commit (:class:`~pipelines.batch.stages.RequestCancelled`): nothing is written after it."""
+    checked before each commit (:class:`~pipelines.batch.cancel.Cancelled`): nothing is written after it."""
     tasks = sorted(tasks, key=lambda t: t.index)
     identity = _identity_of(tasks)
     req, plan = tasks[0].request, tasks[0].plan
@@ -172,7 +172,7 @@ def finish_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
         return result_row(req, inputs, "failed", error=first.error, windows=len(tasks))
     try:
         return stitch_request(tasks, cfg, cancel)
-    except RequestCancelled:
+    except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001
         log.info("stitch failed for %s: %s", req.request_id, exc)

@@ -14,7 +14,8 @@ column            default   meaning
                             1-128 of ``A-Za-z0-9._-``, starting with a letter or digit, no ``..``)
 ``output``        derived   default: ``<out>/videos/<request_id>.mp4``
 ``steps``         50        sampler steps (the official schedule is exact at 50, scaled otherwise)
-``cfg``           3.5       classifier-free guidance scale (0..100; <= 1 turns guidance off)
+``guidance_scale`` 3.5      classifier-free guidance scale (0..100; <= 1 turns guidance off); ``cfg``, its
+                            old name, is accepted as an alias (not both in one manifest)
 ``seed``          42        seed of the frame-indexed initial noise (0 <= seed < 2**63)
 ``camera``        false     camera-movement mode (reconstruction K/V injection)
 ``window``        24        frames per window (1..32)
@@ -43,8 +44,8 @@ Manifests are untrusted input; the rules that keep one bad row to its own row:
   characters, with the original length.
 - **Numbers** are written in ASCII (integers: optional sign and digits, or an integral decimal such as ``30.0``;
   numbers: decimal/exponent forms, ``fps`` also ``a/b``), finite (``inf``, ``nan``, JSON ``NaN``/``Infinity`` and
-  ``1e400`` fail; a full-width ``１`` fails) and in range; ``cfg`` is at most :data:`MAX_CFG` (100). A NaN float
-  in a Parquet float column counts as missing (pandas writes missing values so).
+  ``1e400`` fail; a full-width ``１`` fails) and in range; ``guidance_scale`` is at most :data:`MAX_GUIDANCE_SCALE`
+  (100). A NaN float in a Parquet float column counts as missing (pandas writes missing values so).
 - **Outputs.** No two rows may write the same file: every row whose ``output`` or preview output (after relative
   paths and defaults are resolved) is another row's output or preview fails, naming the other rows; an output or
   preview equal to any ``source`` or ``driving`` in the manifest, or to the manifest itself, fails its row. URIs are
@@ -82,7 +83,7 @@ MAX_MANIFEST_BYTES = 1 << 30  # a larger manifest is refused before it is read
 CSV_FIELD_LIMIT = 16 << 20  # csv.field_size_limit while reading (the default, 128 KiB, refuses the whole file)
 MAX_TEXT_CHARS = 64 << 10  # per cell of TEXT_COLUMNS (URIs, ids); larger fails the row
 MAX_VALUE_CHARS = 64  # per cell of every other column (numbers, booleans, length_policy)
-MAX_CFG = 100.0
+MAX_GUIDANCE_SCALE = 100.0
 PREVIEW_CHARS = 80  # untrusted values quoted in an error are cut to this
 # request ids name files and folders under --out: no separators, no "..", no "::" (fsspec chaining), no controls
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -106,7 +107,7 @@ class Request:
     output: str
     preview_output: Optional[str] = None
     steps: int = EditOptions.steps
-    cfg: float = EditOptions.cfg
+    guidance_scale: float = EditOptions.guidance_scale
     seed: int = EditOptions.seed
     camera: bool = EditOptions.camera
     window: int = DEFAULT_WINDOW
@@ -119,7 +120,7 @@ class Request:
     length_policy: str = "trim"
     row: int = 0  # 1-based row number in the manifest
 
-    EDIT_PARAMS = ("steps", "cfg", "seed", "camera", "window", "overlap", "size", "fps", "frame_start",
+    EDIT_PARAMS = ("steps", "guidance_scale", "seed", "camera", "window", "overlap", "size", "fps", "frame_start",
                    "frame_end", "length_policy")
 
     def edit_params(self) -> dict[str, Any]:
@@ -262,23 +263,25 @@ def _as_str(col: str, v: Any) -> str:
 
 _COERCE = {
     "request_id": _as_str, "source": _as_str, "driving": _as_str, "output": _as_str, "steps": _as_int,
-    "cfg": _as_float, "seed": _as_int, "camera": _as_bool, "window": _as_int, "overlap": _as_int, "size": _as_int,
-    "fps": _as_float, "frame_start": _as_int, "frame_end": _as_int, "preview": _as_bool, "length_policy": _as_str,
+    "guidance_scale": _as_float, "seed": _as_int, "camera": _as_bool, "window": _as_int, "overlap": _as_int,
+    "size": _as_int, "fps": _as_float, "frame_start": _as_int, "frame_end": _as_int, "preview": _as_bool,
+    "length_policy": _as_str,
 }
 COLUMNS = tuple(_COERCE)
+COLUMN_ALIASES = {"cfg": "guidance_scale"}  # old name → column; a manifest may use either, not both
 
 
-def _check_values(p: dict[str, Any]) -> None:
+def _check_values(p: dict[str, Any], names: Mapping[str, str]) -> None:
     def bad(col: str, msg: str) -> None:
-        raise _RowError(f"column '{col}': {msg}, got {_show(p[col])}")
+        raise _RowError(f"column '{names.get(col, col)}': {msg}, got {_show(p[col])}")
 
     if p["request_id"] is not None and not valid_request_id(p["request_id"]):
         bad("request_id", "must be 1-128 letters, digits, '.', '_' or '-', start with a letter or digit and hold "
                           "no '..'")
     if not 1 <= p["steps"] <= 1000:
         bad("steps", "must be in 1..1000")
-    if not 0 <= p["cfg"] <= MAX_CFG:
-        bad("cfg", f"must be in 0..{MAX_CFG:g}")
+    if not 0 <= p["guidance_scale"] <= MAX_GUIDANCE_SCALE:
+        bad("guidance_scale", f"must be in 0..{MAX_GUIDANCE_SCALE:g}")
     if not 0 <= p["seed"] < 2**63:
         bad("seed", "must be in 0..2**63-1")
     if not 1 <= p["window"] <= MAX_WINDOW_FRAMES:
@@ -300,23 +303,36 @@ def _check_values(p: dict[str, Any]) -> None:
             raise _RowError(f"column '{col}' is required and empty")
 
 
+def _column_names(raw: Mapping[str, Any]) -> dict[str, str]:
+    """Column → the name this row gives it (an alias where the row uses one); both names in one row fail it."""
+    names = {col: col for col in COLUMNS}
+    for alias, col in COLUMN_ALIASES.items():
+        if alias in raw:
+            if col in raw:
+                raise _RowError(f"columns '{alias}' and '{col}' are one column ('{alias}' is its old name): give one")
+            names[col] = alias
+    return names
+
+
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Request) if f.default is not dataclasses.MISSING}
 
 
 def parse_row(raw: Mapping[str, Any], row: int, out: str, base: str = "") -> Request:
     """Validate one raw row into a :class:`Request` (raises ``ValueError`` with a column-naming message)."""
     p: dict[str, Any] = {}
+    names = _column_names(raw)
     for col in COLUMNS:
-        v = raw.get(col)
-        _check_size(col, v)
+        name = names[col]
+        v = raw.get(name)
+        _check_size(name, v)
         if _missing(v):
             p[col] = _DEFAULTS.get(col)
             if col in REQUIRED_COLUMNS:
                 raise _RowError(f"column '{col}' is required and empty")
         else:
-            p[col] = _COERCE[col](col, v)
+            p[col] = _COERCE[col](name, v)
     p["length_policy"] = p["length_policy"].lower()
-    _check_values(p)
+    _check_values(p, names)
     p["source"] = storage.resolve(base, p["source"])
     p["driving"] = storage.resolve(base, p["driving"])
     req = Request(request_id="", output="", row=row, **{k: v for k, v in p.items()
@@ -428,9 +444,13 @@ def _names(cols: Sequence[str], limit: int = 10) -> str:
 
 
 def _check_columns(uri: str, cols: list[str]) -> None:
-    unknown = [c for c in dict.fromkeys(cols) if c not in COLUMNS]
+    unknown = [c for c in dict.fromkeys(cols) if c not in COLUMNS and c not in COLUMN_ALIASES]
     if unknown:
-        raise ManifestError(f"{uri}: unknown column(s) {_names(unknown)}; allowed: {', '.join(COLUMNS)}")
+        raise ManifestError(f"{uri}: unknown column(s) {_names(unknown)}; allowed: {', '.join(COLUMNS)} (and "
+                            f"{', '.join(f'{a} for {c}' for a, c in COLUMN_ALIASES.items())})")
+    both = [f"'{a}' and '{c}'" for a, c in COLUMN_ALIASES.items() if a in cols and c in cols]
+    if both:
+        raise ManifestError(f"{uri}: columns {', '.join(both)} are one column (the first is its old name): give one")
     twice = [c for c in dict.fromkeys(cols) if cols.count(c) > 1]
     if twice:
         raise ManifestError(f"{uri}: column(s) {_names(twice)} given more than once")

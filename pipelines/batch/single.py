@@ -15,15 +15,14 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from pipelines.batch import identity
+from pipelines.batch.cancel import Cancel, check_cancel
 from pipelines.batch.config import RunConfig
 from pipelines.batch.finish import finish_request, skipped_row
 from pipelines.batch.identity import request_identity
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
 from pipelines.batch.stages import (
-    Cancel,
     Conditioner,
-    check_cancel,
     conditioner_for,
     edit_task,
     plan_request,
@@ -42,7 +41,7 @@ def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optiona
     (a :class:`~pipelines.batch.results.ResultRow`). Never raises for a bad input: the row says ``failed`` and
     why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it.
     ``cancel``: checked before each stage, between the sampler's steps and before every write; once it returns True,
-    :class:`~pipelines.batch.stages.RequestCancelled` is raised and nothing more is written."""
+    :class:`~pipelines.batch.cancel.Cancelled` is raised and nothing more is written."""
     t0 = time.perf_counter()
     inputs = request_identity(request, model_key or identity.model_key(cfg.model))
     done = skipped_row(request, inputs, cfg)

@@ -21,11 +21,11 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
 
+from pipelines.batch.cancel import Cancel, Cancelled, check_cancel
 from pipelines.batch.config import RunConfig
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
@@ -45,19 +45,6 @@ from pipelines.media.timeline import fraction_str, slot_time
 from pipelines.windows.planning import plan_windows, window_id
 
 log = logging.getLogger(__name__)
-
-Cancel = Callable[[], bool]  # returns True once the request is cancelled (e.g. the Serve app's DELETE)
-
-
-class RequestCancelled(Exception):
-    """Raised out of the stage functions (never turned into a failed row) when their ``cancel`` says so."""
-
-
-def check_cancel(cancel: Optional[Cancel]) -> None:
-    """Raise :class:`RequestCancelled` when ``cancel()`` is true: called between sampler steps and before writes."""
-    if cancel is not None and cancel():
-        raise RequestCancelled()
-
 
 class Conditioner:
     """The conditioning the stages need, bound to a run's pose backend and fit mode."""
@@ -192,7 +179,7 @@ def edit_task(task: WindowTask, model: Any, identity: dict[str, Any], cfg: RunCo
               cancel: Optional[Cancel] = None) -> WindowTask:
     """Edit a prepared window with ``model`` (an ``mf_model`` model) and write its frames atomically to
     ``task.uri``. Consumes the payload; tasks that are not pending pass through. ``cancel`` is checked between the
-    sampler's steps and before the write (:class:`RequestCancelled`)."""
+    sampler's steps and before the write (:class:`Cancelled`)."""
     payload, task.payload = task.payload, None
     if not task.pending:
         return task
@@ -200,7 +187,7 @@ def edit_task(task: WindowTask, model: Any, identity: dict[str, Any], cfg: RunCo
     task.times.edit_started_at = time.time()
     try:
         _edit(task, payload, model, identity, cfg, cancel)
-    except RequestCancelled:
+    except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001
         task.fail("edit", exc)
@@ -221,7 +208,7 @@ def _edit(task: WindowTask, payload: Optional[bytes], model: Any, identity: dict
     window = mf_model.EditWindow(**{k: arrays[k] for k in MODEL_INPUTS},
                                  frame_indices=list(range(task.start, task.end)),
                                  name=f"{req.request_id}[{task.start}:{task.end}]")
-    opts = mf_model.EditOptions(steps=req.steps, cfg=req.cfg, camera=req.camera, seed=req.seed)
+    opts = mf_model.EditOptions(steps=req.steps, guidance_scale=req.guidance_scale, camera=req.camera, seed=req.seed)
     t1 = time.perf_counter()
     result = model.edit(window, opts, progress=(lambda step, steps: check_cancel(cancel)) if cancel else None)
     task.times.model = time.perf_counter() - t1

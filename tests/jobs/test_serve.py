@@ -280,6 +280,16 @@ def test_caps_name_the_cap():
     assert "max_cost cap (10000)" in err.value.detail
 
 
+def test_guidance_scale_form_field_and_its_old_name():
+    cfg = ServeConfig(defaults={"cfg": 2.0})  # an operator default under the old name
+    assert parse_edit(FormData([]), "a" * 24, "/srv/x", cfg).guidance_scale == 2.0
+    assert parse_edit(FormData([("guidance_scale", "5")]), "a" * 24, "/srv/x", cfg).guidance_scale == 5.0
+    assert parse_edit(FormData([("cfg", "6")]), "a" * 24, "/srv/x", cfg).guidance_scale == 6.0
+    with pytest.raises(HTTPException) as err:
+        parse_edit(FormData([("cfg", "6"), ("guidance_scale", "5")]), "a" * 24, "/srv/x", cfg)
+    assert err.value.status_code == 422 and "one parameter" in err.value.detail
+
+
 def test_scrub_removes_paths_and_secrets():
     text = scrub("prepare: InputError: /srv/mf/edits/abc123/x/inputs/source.mp4: broken; s3://b/k.mp4 gone; "
                  "30000/1001 fps, MP4/MOV", "abc123")

@@ -23,7 +23,7 @@ def tiny_official():
 @pytest.mark.parametrize("camera", [False, True])
 def test_lockstep_equals_sequential(tiny_official, camera):
     win = box_window(frames=3)
-    opts = EditOptions(steps=12, cfg=3.5, camera=camera, seed=7)
+    opts = EditOptions(steps=12, guidance_scale=3.5, camera=camera, seed=7)
     a = tiny_official.edit(win, opts, noise=SequentialNoise(7), lockstep=True)
     b = tiny_official.edit(win, opts, noise=SequentialNoise(7), lockstep=False)
     la, lb = a.info["latents"], b.info["latents"]

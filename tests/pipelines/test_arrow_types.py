@@ -23,7 +23,7 @@ from pipelines.conditioning.align import AlignTransform, compute_alignment, iden
 
 OLD_REQUEST_TYPE = pa.struct([
     ("request_id", pa.string()), ("source", pa.string()), ("driving", pa.string()), ("output", pa.string()),
-    ("preview_output", pa.string()), ("steps", pa.int64()), ("cfg", pa.float64()), ("seed", pa.int64()),
+    ("preview_output", pa.string()), ("steps", pa.int64()), ("guidance_scale", pa.float64()), ("seed", pa.int64()),
     ("camera", pa.bool_()), ("window", pa.int64()), ("overlap", pa.int64()), ("size", pa.int64()),
     ("fps", pa.float64()), ("frame_start", pa.int64()), ("frame_end", pa.int64()), ("preview", pa.bool_()),
     ("length_policy", pa.string()), ("row", pa.int64()),

@@ -43,16 +43,27 @@ def test_read_defaults_and_values(root, fmt):
     man = read_manifest(_write(root, fmt, rows), out="s3://out/run")
     assert man.invalid == []
     a, b = man.requests
-    assert (a.steps, a.cfg, a.seed, a.camera, a.window, a.overlap, a.size, a.fps, a.frame_start, a.frame_end,
+    assert (a.steps, a.guidance_scale, a.seed, a.camera, a.window, a.overlap, a.size, a.fps, a.frame_start, a.frame_end,
             a.preview, a.length_policy) == (50, 3.5, 42, False, 24, 8, 512, None, 0, None, False, "trim")
     assert a.output == f"s3://out/run/videos/{a.request_id}.mp4"
     assert a.preview_output is None and a.row == 1
     uuid.UUID(a.request_id)
-    assert (b.request_id, b.steps, b.cfg, b.seed, b.camera, b.window, b.overlap, b.size, b.fps, b.frame_start,
-            b.frame_end, b.preview, b.length_policy, b.output) == (
+    assert (b.request_id, b.steps, b.guidance_scale, b.seed, b.camera, b.window, b.overlap, b.size, b.fps,
+            b.frame_start, b.frame_end, b.preview, b.length_policy, b.output) == (
         "r2", 20, 2.0, 7, True, 16, 4, 256, 25.0, 3, 50, True, "loop", "s3://o/x.mp4")
     assert b.preview_output == "s3://out/run/previews/r2.mp4"
     assert json.loads(b.params_json())["steps"] == 20
+
+
+def test_guidance_scale_and_its_old_name(root, fmt):
+    new = read_manifest(_write(root, fmt, [{**ROWS[0], "guidance_scale": 2.5}], "new"), out="/o").requests[0]
+    old = read_manifest(_write(root, fmt, [{**ROWS[0], "cfg": 2.5}], "old"), out="/o").requests[0]
+    assert new.guidance_scale == old.guidance_scale == 2.5 and new.request_id == old.request_id
+    bad = read_manifest(_write(root, fmt, [{**ROWS[0], "cfg": 200}], "bad"), out="/o")
+    assert "column 'cfg'" in bad.invalid[0].error and "0..100" in bad.invalid[0].error  # named as the user wrote it
+    both = _write(root, fmt, [{**ROWS[0], "cfg": 2.5, "guidance_scale": 2.5}], "both")
+    with pytest.raises(ManifestError, match="'cfg' and 'guidance_scale' are one column"):
+        read_manifest(both, out="/o")
 
 
 def test_request_id_deterministic(root):

@@ -259,7 +259,7 @@ def test_bad_numbers_in_jsonl_and_parquet(tmp_path):
                       "cfg": [float("inf"), 2.0, float("nan")]})  # NaN in a float column = missing (pandas)
     pq.write_table(table, tmp_path / "m.parquet")
     man = read_manifest(str(tmp_path / "m.parquet"), out="/o")
-    assert [(r.request_id, r.cfg) for r in man.requests] == [("b", 2.0), ("c", 3.5)]
+    assert [(r.request_id, r.guidance_scale) for r in man.requests] == [("b", 2.0), ("c", 3.5)]
     assert "column 'cfg'" in man.invalid[0].error and "finite" in man.invalid[0].error
 
 
@@ -270,10 +270,11 @@ def test_good_numbers_still_parse(tmp_path):
                    f"{SRC},{DRV},b,1e1,.5,1E3, 8 ,7, 25 ,3,4\n"
                    f"{SRC},{DRV},c,1000,100,{2**63 - 1},32,31,1000,0,\n")
     a, b, c = read_manifest(str(uri), out="/o").requests
-    assert (a.steps, a.cfg, a.seed, a.window, a.overlap, a.frame_end) == (30, 0.0, 7, 16, 0, 2**63 - 1)
+    assert (a.steps, a.guidance_scale, a.seed, a.window, a.overlap, a.frame_end) == (30, 0.0, 7, 16, 0, 2**63 - 1)
     assert abs(a.fps - 30000 / 1001) < 1e-12
-    assert (b.steps, b.cfg, b.seed, b.window, b.overlap, b.fps, b.frame_start) == (10, 0.5, 1000, 8, 7, 25.0, 3)
-    assert (c.steps, c.cfg, c.seed, c.window, c.fps) == (1000, 100.0, 2**63 - 1, 32, 1000.0)
+    assert (b.steps, b.guidance_scale, b.seed, b.window, b.overlap, b.fps, b.frame_start) == (
+        10, 0.5, 1000, 8, 7, 25.0, 3)
+    assert (c.steps, c.guidance_scale, c.seed, c.window, c.fps) == (1000, 100.0, 2**63 - 1, 32, 1000.0)
 
 
 def test_normal_manifest_same_in_every_format(tmp_path):

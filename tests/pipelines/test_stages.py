@@ -295,24 +295,24 @@ class SteppingModel(FakeModel):
 
 
 def test_cancel_stops_between_sampler_steps_and_nothing_is_written(cfg):
+    from pipelines.batch.cancel import Cancelled
     from pipelines.batch.single import edit_request
-    from pipelines.batch.stages import RequestCancelled
 
     flips = iter([False] * 4 + [True] * 100)  # before prepare, before edit, then true at sampler step 3
     model = SteppingModel()
     req = _request(cfg)
-    with pytest.raises(RequestCancelled):
+    with pytest.raises(Cancelled):
         edit_request(req, cfg, model, conditioner=FakeConditioner(), model_key="m", cancel=lambda: next(flips))
     assert model.calls == 3  # stopped inside the first window, at the step it was cancelled (the third)
     assert not storage.exists(storage.join(cfg.out, "windows")) and not storage.exists(req.output)
 
 
 def test_cancel_before_the_commit_leaves_no_video_and_no_marker(cfg):
-    from pipelines.batch.stages import RequestCancelled
+    from pipelines.batch.cancel import Cancelled
 
     req = _request(cfg)
     tasks = _run(cfg, req)
-    with pytest.raises(RequestCancelled):
+    with pytest.raises(Cancelled):
         finish_request(tasks, cfg, cancel=lambda: True)
     assert not storage.exists(req.output) and skipped_row(req, _inputs(req), cfg) is None
     videos = storage.parent(req.output)

@@ -77,7 +77,7 @@ def test_crossfade_weights():
 
 
 def test_ids_deterministic_and_sensitive():
-    p = {"steps": 50, "cfg": 3.5, "seed": 42}
+    p = {"steps": 50, "guidance_scale": 3.5, "seed": 42}
     a = window_id("r1", "s3://b/v.mp4", Window(0, 0, 24), p)
     assert a == window_id("r1", "s3://b/v.mp4", (0, 24), dict(reversed(list(p.items()))))
     assert a != window_id("r1", "s3://b/v.mp4", (16, 40), p)
