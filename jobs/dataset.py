@@ -49,11 +49,11 @@ from jobs.dataset_spec import (
 )
 from pipelines.batch.requests import ManifestError, parse_row, read_raw_rows, write_manifest
 from pipelines.batch.results import read_results
+from pipelines.batch.status import FAILED, PRODUCED, SUCCEEDED
 from pipelines.media import storage
 
 log = logging.getLogger(__name__)
 
-PRODUCED = ("succeeded", "skipped")
 REQUESTS_NAME = "requests.parquet"
 RESULTS_NAME = "results.parquet"
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -158,11 +158,11 @@ class DatasetRun:
     @property
     def added(self) -> int:
         """Pairs produced by this run."""
-        return self.counts.get("succeeded", 0)
+        return self.counts.get(SUCCEEDED, 0)
 
     @property
     def failed(self) -> int:
-        return self.counts.get("failed", 0)
+        return self.counts.get(FAILED, 0)
 
 
 def check_date(day: Optional[str]) -> str:

@@ -1,4 +1,4 @@
-"""Score guidance of the editing branch (the official ``guidance_edit`` energies, spec §7.5).
+"""Score guidance of the editing branch (the official release's ``guidance_edit`` energies).
 
 The official code nearest-upsamples the estimator's ``up_blocks.1``/``up_blocks.2`` features to twice the latent
 size (128² at 512²) and averages over mask regions there. Nearest upsampling only replicates feature pixels, so

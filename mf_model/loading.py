@@ -1,6 +1,6 @@
 """Weights: the official layout (local path or fsspec URI), our single-directory safetensors format, presets.
 
-Official layout (spec §3)::
+Official layout (the released checkpoint folders)::
 
     DIR/sd-image-variations-diffusers/unet/{config.json, diffusion_pytorch_model.safetensors|.bin}
     DIR/sd-image-variations-diffusers/image_encoder/{config.json, model.safetensors|pytorch_model.bin}

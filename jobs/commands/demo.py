@@ -26,6 +26,7 @@ from PIL import Image
 
 from jobs.commands.retarget import RUN_DEFAULTS, run_manifest
 from pipelines.batch.config import RunOptions
+from pipelines.batch.status import FAILED
 
 log = logging.getLogger("mf.demo")
 
@@ -161,7 +162,7 @@ def run(args) -> int:
 
     manifest = os.path.join(out, "results.parquet")
     for row in read_results(manifest):
-        if row["status"] == "failed":
+        if row["status"] == FAILED:
             print(f"failed:   {row['request_id']}: {row['error']}")
             continue
         print(f"output:   {row['output_uri']} ({row['frames']} frames, {row['width']}x{row['height']}, "

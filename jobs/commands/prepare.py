@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 
 from pipelines.conditioning.poses.registry import BACKENDS, DEFAULT_BACKEND
+from pipelines.media.geometry import DEFAULT_FIT_MODE, FIT_MODES
+from pipelines.media.timeline import DEFAULT_LENGTH_POLICY, LENGTH_POLICIES
 
 log = logging.getLogger("mf.prepare")
 
@@ -18,9 +20,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (local path or fsspec URI)")
     p.add_argument("--size", type=int, default=512, help="square working size (default 512)")
     p.add_argument("--frames", type=int, default=None, help="at most this many output frames")
-    p.add_argument("--resize", choices=["pad", "crop"], default="pad", help="keep aspect by padding or centre crop")
-    p.add_argument("--length-policy", choices=["trim", "loop", "hold"], default="trim",
-                   help="unequal lengths: trim to the shorter (default), loop or hold the driving motion")
+    p.add_argument("--resize", choices=FIT_MODES, default=DEFAULT_FIT_MODE,
+                   help=f"keep aspect by padding or centre crop (default {DEFAULT_FIT_MODE})")
+    p.add_argument("--length-policy", choices=LENGTH_POLICIES, default=DEFAULT_LENGTH_POLICY,
+                   help=f"unequal lengths: trim to the shorter, loop or hold the driving motion "
+                        f"(default {DEFAULT_LENGTH_POLICY})")
     p.add_argument("--pose-backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     p.add_argument("--fps", type=float, default=None, help="frame rate of frame folders (default 8)")
     p.set_defaults(func=run)

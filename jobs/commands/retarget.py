@@ -15,6 +15,7 @@ from typing import Optional
 
 from mf_model.config import DTYPES, PRESETS
 from pipelines.batch.config import OUTPUT_SCALES, RunOptions
+from pipelines.batch.status import FAILED
 from pipelines.conditioning.poses.registry import BACKENDS
 
 log = logging.getLogger("mf.retarget")
@@ -205,4 +206,4 @@ def run_manifest(manifest: str, out: str, options: RunOptions, *, address: Optio
           f"({summary.frames_per_second:.2f} frames/s) | windows {summary.windows or {}} | first window {first} | "
           f"edit busy {100 * summary.edit_busy_share:.0f}% | {summary.bytes_written / 2**20:.1f} MiB written | "
           f"results {summary.results_uri}", flush=True)
-    return 0 if summary.counts.get("failed", 0) == 0 else 2
+    return 0 if summary.counts.get(FAILED, 0) == 0 else 2

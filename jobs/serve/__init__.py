@@ -52,7 +52,8 @@ Layout (Ray Serve's documented shape):
 - :mod:`~jobs.serve.limits` — the request-body guard (an ASGI middleware) and the capped form parser.
 - :mod:`~jobs.serve.inputs` — uploads, allow-listed URIs, parameters, input limits and cost cap of a new edit;
   client-facing error texts.
-- :mod:`~jobs.serve.store` — edit states, files and tombstones in storage, per token namespace.
+- :mod:`~jobs.serve.store` — the edit states (:class:`EditState`, one vocabulary; :func:`edit_state_of`, the one
+  mapping from result-row statuses), edit files and tombstones in storage, per token namespace.
 - :mod:`~jobs.serve.sweep` — expiry of ended edits and tombstones; orphans of stopped owners.
 - :mod:`~jobs.serve.builder` — :func:`build_app` (typed) and :func:`app_builder` (``import_path`` with ``args``).
 """

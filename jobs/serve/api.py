@@ -37,16 +37,19 @@ from jobs.serve.inputs import (
 from jobs.serve.lifecycle import EditLifecycle, worker_failure
 from jobs.serve.limits import BodyGuard, BodyLimits, read_form
 from jobs.serve.store import (
+    EditState,
     StateStore,
     is_active,
     namespace,
     new_owner_id,
+    state_of,
     valid_edit_id,
 )
 from jobs.serve.sweep import Sweeper
 from pipelines.batch.metrics import PipelineMetrics
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
+from pipelines.batch.status import FAILED
 from pipelines.media import storage
 
 log = logging.getLogger("mf.serve")
@@ -255,7 +258,7 @@ class EditAPI(EditLifecycle):
 
     def enqueue(self, ns: str, edit_id: str, req: Request) -> None:
         """The edit's first state (its owner, parameters and inputs: what a restart needs) and its worker task."""
-        state = {"id": edit_id, "state": "queued", "progress": 0.0, "error": None, "created_at": time.time(),
+        state = {"id": edit_id, "state": EditState.QUEUED, "progress": 0.0, "error": None, "created_at": time.time(),
                  "params": req.params(), "owner": self.owner, "inputs": {"source": req.source,
                                                                           "driving": req.driving}}
         self.store.write(ns, edit_id, state)
@@ -270,13 +273,13 @@ class EditAPI(EditLifecycle):
     async def run_edit(self, ns: str, edit_id: str, request: dict[str, Any]) -> None:
         """Run the edit on a worker replica; frees the queue slot when it ends."""
         try:
-            row = await self.worker.run.remote(ns, edit_id, request)
-            if isinstance(row, ResultRow):  # not {"state": ...}: the edit was not (or no longer) run
+            row: Optional[ResultRow] = await self.worker.run.remote(ns, edit_id, request)
+            if row is not None:  # None: the edit was deleted, or ended elsewhere (nothing to count)
                 self.pipeline_metrics.record_result_row(row)
         except Exception as exc:  # noqa: BLE001 - the worker died, or storage failed it
             log.exception("edit %s failed in the worker", edit_id)
             await self.end_failed(ns, edit_id, worker_failure(exc, ns, self.store.root))
-            self.pipeline_metrics.request_finished("failed")
+            self.pipeline_metrics.request_finished(FAILED)
         finally:
             self.active.pop(edit_id, None)
 
@@ -335,7 +338,7 @@ class EditAPI(EditLifecycle):
     @fastapi_app.get(EDITS_PATH + "/{edit_id}/video")
     async def video(self, edit_id: str, authorization: Optional[str] = Header(None)):
         _, state = await self.owned(edit_id, authorization)
-        if state.get("state") != "succeeded" or not state.get("output"):
+        if state_of(state) is not EditState.SUCCEEDED or not state.get("output"):
             raise HTTPException(409, f"edit is {state.get('state')}; no video")
         fs, path = storage.open_fs(state["output"])
         return StreamingResponse(_file_chunks(fs, path), media_type="video/mp4",

@@ -36,8 +36,9 @@ from jobs.serve.inputs import (
     scrub,
     with_inputs,
 )
-from jobs.serve.store import LEASE_BEAT_S, EditGone, is_active
+from jobs.serve.store import LEASE_BEAT_S, EditState, is_active, state_of
 from jobs.serve.sweep import edit_names, find_orphans
+from pipelines.batch.cancel import Cancelled
 from pipelines.batch.requests import Request
 from pipelines.media import storage
 
@@ -64,7 +65,7 @@ class EditLifecycle:
     async def end_failed(self, ns: str, edit_id: str, reason: str) -> None:
         """Fail the edit with ``reason`` and remove all its files but its state; held here (and reported) until
         storage takes it."""
-        self.ended[edit_id] = (ns, {"state": "failed", "error": reason, "finished_at": time.time()})
+        self.ended[edit_id] = (ns, {"state": EditState.FAILED, "error": reason, "finished_at": time.time()})
         await self.write_ended(edit_id)
 
     async def write_ended(self, edit_id: str) -> None:
@@ -83,9 +84,9 @@ class EditLifecycle:
             cur = self.store.read(ns, edit_id)
             if is_active(cur):
                 cur = self.store.write(ns, edit_id, {**cur, **failure})
-        except EditGone:
+        except Cancelled:  # deleted meanwhile
             return
-        if cur is not None and cur.get("state") == "failed":
+        if state_of(cur) is EditState.FAILED:
             self.store.remove_files(ns, edit_id)
 
     # -- the lease keeper and orphans ------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ class EditLifecycle:
         except HTTPException as exc:
             self.active.pop(edit_id, None)
             return str(exc.detail)
-        except EditGone:
+        except Cancelled:  # deleted meanwhile
             self.active.pop(edit_id, None)
             return ""
         log.info("edit %s: re-queued after a restart", edit_id)
@@ -191,5 +192,5 @@ class EditLifecycle:
         return check_limits(uri, label, self.cfg)
 
     def _requeued(self, ns: str, edit_id: str, state: dict) -> None:
-        self.store.write(ns, edit_id, {**state, "state": "queued", "owner": self.owner, "error": None,
+        self.store.write(ns, edit_id, {**state, "state": EditState.QUEUED, "owner": self.owner, "error": None,
                                        "started_at": None, "restarts": int(state.get("restarts") or 0) + 1})

@@ -9,26 +9,53 @@ Layout under the storage root::
     tombstones/<namespace>/<id>             written by DELETE *before* the edit folder is removed
     owners/<owner>                          the lease of a live API replica: ``{"beat": <time>}``
 
-A tombstone is final: every writer checks it before writing (:meth:`StateStore.write` raises :class:`EditGone`; the
-worker's ``cancel`` callable makes the pipeline raise), and a write that raced past the check is removed again by
+A tombstone is final: every writer checks it before writing (:meth:`StateStore.write` raises
+:class:`~pipelines.batch.cancel.Cancelled`, the one cancellation type; the worker's ``cancel`` callable makes the
+pipeline raise it too), and a write that raced past the check is removed again by
 :meth:`StateStore.write` itself or by the worker's clean-up once its run ends, so a deleted edit leaves no files.
 
 Each API replica has an owner id (:func:`new_owner_id`), written into the state of every edit it accepts or takes
 over, and renews its lease every :data:`LEASE_BEAT_S`; a lease not renewed for :data:`LEASE_TTL_S` (or missing)
 means its replica is gone, and so is whoever ran that owner's queued and running edits (they are orphans: see
 :mod:`jobs.serve.sweep`).
+
+States: :class:`EditState` is the one vocabulary of an edit's ``state`` (stored in ``state.json``, answered by the
+status route as the same strings), and :func:`edit_state_of` the one mapping from a result row's status
+(:data:`pipelines.batch.results.STATUSES`) to it; nothing else in the Serve app translates a status.
 """
 import hashlib
 import json
 import re
 import secrets
 import time
+from enum import Enum
 from typing import Any, Optional
 
+from pipelines.batch.cancel import Cancelled
+from pipelines.batch.status import FAILED, SKIPPED, SUCCEEDED
 from pipelines.media import storage
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATES = ("queued", "running")
+
+class EditState(str, Enum):
+    """The state of an edit. A ``str``: stored in ``state.json``, compared with what is read back and answered by the
+    status route as its value (``"queued"``, ...), so clients see the same strings as ever."""
+
+    QUEUED = "queued"  # accepted, waiting for a worker replica
+    RUNNING = "running"  # a worker replica edits it
+    SUCCEEDED = "succeeded"  # its video is there (edited now, or found finished by an earlier run)
+    FAILED = "failed"  # ended with the reason in ``error``; only its state is kept
+    CANCELLED = "cancelled"  # deleted while queued or running: its state goes too (404), a stored one reads as ended
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ACTIVE_STATES = (EditState.QUEUED, EditState.RUNNING)
+
+# The one mapping of a result row's status (each of pipelines.batch.results.STATUSES, which names no constants) to
+# its edit's state; a skipped row is one an earlier run finished (its output and done marker are there): succeeded.
+ROW_STATES = {SUCCEEDED: EditState.SUCCEEDED, SKIPPED: EditState.SUCCEEDED, FAILED: EditState.FAILED}
+
 # ids of edits (``secrets.token_urlsafe``): checked on every route before storage is touched
 EDIT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 OWNER_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -50,18 +77,24 @@ def valid_edit_id(edit_id: str) -> bool:
     return bool(EDIT_ID_RE.match(edit_id))
 
 
+def edit_state_of(row_status: str) -> EditState:
+    """The state of an edit whose run gave a result row with status ``row_status``: succeeded for ``succeeded`` and
+    ``skipped``, failed for ``failed`` (and anything else)."""
+    return ROW_STATES.get(row_status, EditState.FAILED)
+
+
+def state_of(state: Optional[dict[str, Any]]) -> Optional[EditState]:
+    """The :class:`EditState` of an edit's state document; None without one (deleted, or none) or for a value that
+    is none of them."""
+    try:
+        return None if state is None else EditState(state.get("state"))
+    except ValueError:
+        return None
+
+
 def is_active(state: Optional[dict[str, Any]]) -> bool:
     """The edit is queued or running."""
-    return state is not None and state.get("state") in ACTIVE_STATES
-
-
-def is_cancelled(state: Optional[dict[str, Any]]) -> bool:
-    """The edit was deleted or cancelled meanwhile."""
-    return state is None or state.get("state") == "cancelled"
-
-
-class EditGone(Exception):
-    """The edit was deleted (it has a tombstone), or ended elsewhere: nothing more may be written for it."""
+    return state_of(state) in ACTIVE_STATES
 
 
 class StateStore:
@@ -94,14 +127,15 @@ class StateStore:
             return None
 
     def write(self, ns: str, edit_id: str, state: dict) -> dict:
-        """Write the edit's state; :class:`EditGone` (and nothing left behind) once the edit has a tombstone."""
+        """Write the edit's state; :class:`~pipelines.batch.cancel.Cancelled` (and nothing left behind) once the edit
+        has a tombstone."""
         if self.buried(ns, edit_id):
-            raise EditGone(edit_id)
+            raise Cancelled(f"edit {edit_id} was deleted")
         state = {**state, "updated_at": time.time()}
         storage.atomic_write_text(storage.join(self.edit_dir(ns, edit_id), STATE_FILE), json.dumps(state))
         if self.buried(ns, edit_id):  # the delete raced past the check above: take the write back
             self.remove(ns, edit_id)
-            raise EditGone(edit_id)
+            raise Cancelled(f"edit {edit_id} was deleted")
         return state
 
     def update(self, ns: str, edit_id: str, **changes) -> Optional[dict]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Optional
 
-from jobs.serve.store import ACTIVE_STATES, OWNER_RE, StateStore, is_active, valid_edit_id
+from jobs.serve.store import OWNER_RE, StateStore, is_active, valid_edit_id
 from pipelines.media import storage
 
 log = logging.getLogger("mf.serve")
@@ -140,7 +140,7 @@ class Sweeper:
                     self._foreign.add((ns, edit_id))
         if not self._expired(state.get("updated_at", state.get("created_at")), now):
             return 0
-        if state.get("state") in ACTIVE_STATES:
+        if is_active(state):
             self.store.bury(ns, edit_id)
         else:
             self.store.remove(ns, edit_id)

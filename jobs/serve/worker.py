@@ -2,9 +2,11 @@
 batch pipeline's own per-request code (:func:`pipelines.batch.single.edit_request`), writing the edit's state.
 
 Cancellation stops the work: the pipeline gets a ``cancel`` callable (:class:`CancelCheck`, true once the edit has
-a tombstone) that it checks between sampler steps and before every write. Once the run has stopped, anything a
-write that raced the delete left in the edit's folder is removed, so the replica is free for the next edit within
-about one sampler step of a DELETE and a deleted edit leaves no files.
+a tombstone) that it checks between sampler steps and before every write. Whatever stops a run (that check, a store
+write on a deleted edit, a progress write on an edit that ended elsewhere) raises the one cancellation type,
+:class:`~pipelines.batch.cancel.Cancelled`, and :meth:`EditWorker.run` returns None. Once the run has stopped,
+anything a write that raced the delete left in the edit's folder is removed, so the replica is free for the next
+edit within about one sampler step of a DELETE and a deleted edit leaves no files.
 
 A run starts only for an edit still queued or running (one the API has not failed or finished meanwhile) whose inputs
 still pass the limits and the cost cap (checked again here: a storage URI may have been rewritten since the API
@@ -22,24 +24,19 @@ from ray import serve
 
 from jobs.serve.config import ServeConfig
 from jobs.serve.inputs import check_inputs, scrub
-from jobs.serve.store import EditGone, StateStore, is_active, is_cancelled
+from jobs.serve.store import EditState, StateStore, edit_state_of, is_active, state_of
 from pipelines.batch.cancel import Cancelled
 from pipelines.batch.config import RunConfig, RunOptions
 from pipelines.batch.identity import model_key
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
 from pipelines.batch.single import edit_request
+from pipelines.batch.status import FAILED
 
 log = logging.getLogger("mf.serve")
 
 PROGRESS_INTERVAL_S = 0.5  # at most one progress write per interval (the last window is always written)
 CANCEL_CHECK_S = 0.2  # the tombstone is looked up at most this often while an edit runs
-CANCELLED = {"state": "cancelled"}
-
-
-def _ended(state: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """What :meth:`EditWorker.run` returns for an edit it does not (or no longer) run."""
-    return CANCELLED if is_cancelled(state) else {"state": state.get("state")}
 
 
 class CancelCheck:
@@ -75,7 +72,7 @@ class ProgressWriter:
         self._last = now
         cur = self.store.read(self.ns, self.edit_id)
         if not is_active(cur):  # deleted, or ended elsewhere (the API failed it): nothing more is written
-            raise EditGone(self.edit_id)
+            raise Cancelled(f"edit {self.edit_id} was deleted or ended elsewhere")
         self.store.write(self.ns, self.edit_id, {**cur, "progress": round(done / max(total, 1), 3)})
 
 
@@ -93,13 +90,15 @@ class EditWorker:
         self.model = self.spec.load()
         self.model_key = model_key(self.spec)
 
-    def run(self, ns: str, edit_id: str, request: dict[str, Any]) -> ResultRow | dict[str, Any]:
-        """Edit a queued request into its edit folder; returns the result row (``{"state": "cancelled"}`` when
-        the edit was deleted before or while it ran). A crash fails the edit, not the replica."""
+    def run(self, ns: str, edit_id: str, request: dict[str, Any]) -> Optional[ResultRow]:
+        """Edit a queued request into its edit folder; returns the result row written into the edit's state, or
+        None when this call did not (or no longer) run the edit: it was deleted before or while it ran (a
+        :class:`~pipelines.batch.cancel.Cancelled` from the pipeline or the store stops it), or ended elsewhere.
+        A crash fails the edit, not the replica."""
         try:
             return self._run(ns, edit_id, request)
-        except EditGone:
-            return CANCELLED
+        except Cancelled:
+            return None
         finally:
             self._clean_up(ns, edit_id)
 
@@ -107,30 +106,28 @@ class EditWorker:
         """Once a run has stopped: take back writes that raced a delete; a failed edit keeps only its state."""
         if self.store.buried(ns, edit_id):
             self.store.remove(ns, edit_id)
-        elif (self.store.read(ns, edit_id) or {}).get("state") == "failed":
+        elif state_of(self.store.read(ns, edit_id)) is EditState.FAILED:
             self.store.remove_files(ns, edit_id)
 
-    def _run(self, ns: str, edit_id: str, request: dict[str, Any]) -> ResultRow | dict[str, Any]:
+    def _run(self, ns: str, edit_id: str, request: dict[str, Any]) -> Optional[ResultRow]:
         cancel = CancelCheck(self.store, ns, edit_id)
         cur = None if cancel() else self.store.read(ns, edit_id)
         if not is_active(cur):  # deleted, or ended meanwhile: not run (again)
-            return _ended(cur)
+            return None
         req = Request(**request)
         refused = self._recheck(req)
         if refused:  # the inputs changed since they were accepted (a storage URI rewritten), or the caps did
-            return self._finish(ns, edit_id, ResultRow(req.request_id, "failed", error=refused))
-        self.store.update(ns, edit_id, state="running", started_at=time.time())
+            return self._finish(ns, edit_id, ResultRow(req.request_id, FAILED, error=refused))
+        self.store.update(ns, edit_id, state=EditState.RUNNING, started_at=time.time())
         run_cfg = RunConfig.build(self.options, manifest="", out=self.store.edit_dir(ns, edit_id))
         try:
             row = edit_request(req, run_cfg, self.model, progress=ProgressWriter(self.store, ns, edit_id),
                                model_key=self.model_key, cancel=cancel)
-        except Cancelled:
-            return CANCELLED
-        except EditGone:
+        except Cancelled:  # deleted (the pipeline's cancel check, or a store write): run() returns None
             raise
         except Exception as exc:  # noqa: BLE001 - the edit fails, the replica lives on
             log.exception("edit %s crashed", edit_id)
-            row = ResultRow(req.request_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            row = ResultRow(req.request_id, FAILED, error=f"{type(exc).__name__}: {exc}")
         return self._finish(ns, edit_id, row)
 
     def _recheck(self, req: Request) -> Optional[str]:
@@ -142,15 +139,17 @@ class EditWorker:
             return f"not run: {exc.detail}"
         return None
 
-    def _finish(self, ns: str, edit_id: str, row: ResultRow) -> ResultRow | dict[str, Any]:
-        """The result row into the edit's state (unless it was deleted or ended meanwhile)."""
+    def _finish(self, ns: str, edit_id: str, row: ResultRow) -> Optional[ResultRow]:
+        """The result row into the edit's state (the edit's state is :func:`~jobs.serve.store.edit_state_of` the
+        row's status), unless the edit was deleted or ended meanwhile (then None)."""
         cur = self.store.read(ns, edit_id)
         if not is_active(cur):
-            return _ended(cur)
-        ok = row.status == "succeeded"
+            return None
+        state = edit_state_of(row.status)
+        ok = state is EditState.SUCCEEDED
         error: Optional[str] = None if ok else scrub(str(row.error), ns, self.store.root)
         self.store.write(ns, edit_id, {
-            **cur, "state": "succeeded" if ok else "failed", "progress": 1.0 if ok else cur.get("progress", 0.0),
+            **cur, "state": state, "progress": 1.0 if ok else cur.get("progress", 0.0),
             "error": error, "output": row.output_uri,
             "frames": row.frames, "fps": row.fps, "finished_at": time.time()})
         return row

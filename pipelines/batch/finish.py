@@ -23,7 +23,8 @@ from pipelines.batch.config import RunConfig
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.results import ResultRow
-from pipelines.batch.tasks import FAILED, RequestPlan, WindowTask, error_text
+from pipelines.batch.status import FAILED, SKIPPED, SUCCEEDED
+from pipelines.batch.tasks import RequestPlan, WindowTask, error_text
 from pipelines.media import storage
 from pipelines.media.encode import VideoWriter
 from pipelines.media.timeline import to_fraction
@@ -49,7 +50,7 @@ def output_geometry(plan: RequestPlan, size: int, output_scale: str):
     return (y0, y1, x0, x1), (oh, ow)
 
 
-def _identity_of(tasks: list[WindowTask]) -> dict[str, Any]:
+def _model_identity_of(tasks: list[WindowTask]) -> dict[str, Any]:
     for t in tasks:
         if t.model_identity:
             return t.model_identity
@@ -99,7 +100,7 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
     """Blend a request's windows in order into its video (+ preview); commit; write the done marker. ``cancel`` is
     checked before each commit (:class:`~pipelines.batch.cancel.Cancelled`): nothing is written after it."""
     tasks = sorted(tasks, key=lambda t: t.index)
-    identity = _identity_of(tasks)
+    model_identity = _model_identity_of(tasks)
     req, plan = tasks[0].request, tasks[0].plan
     t0 = time.perf_counter()
     wins = [Window(t.index, t.start, t.end) for t in tasks]
@@ -115,13 +116,13 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
         _write_preview(req, plan, wins, uris, resize, cfg, cancel)
     res = writer.result
     row = result_row(
-        req, tasks[0].inputs, "succeeded", frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
+        req, tasks[0].identity, SUCCEEDED, frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
         width=res.width, height=res.height, windows=len(tasks), seam_score=stats.seam_score,
         source_fps=plan.source_fps, resampled=plan.resampled, rotation=plan.rotation, rescaled=plan.rescaled,
         tone_mapped=plan.tone_mapped,
         seconds_probe=_total(tasks, "probe"), seconds_prepare=_total(tasks, "prepare"),
         seconds_edit=_total(tasks, "edit"), seconds_stitch=time.perf_counter() - t0,
-        model=identity.get("model"), weights_id=identity.get("weights_id"),
+        model=model_identity.get("model"), weights_id=model_identity.get("weights_id"),
         bytes_written=_bytes_of(req.output, req.preview_output if req.preview else None),
         finished_at=datetime.now(timezone.utc))
     marker = {**row.to_dict(), "finished_at": row.finished_at.isoformat()}
@@ -131,10 +132,10 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
     return row
 
 
-def result_row(req: Request, inputs: RequestIdentity, status: str, **kw: Any) -> ResultRow:
+def result_row(req: Request, identity: RequestIdentity, status: str, **kw: Any) -> ResultRow:
     """A result row of ``req`` with its identities."""
-    return ResultRow.for_request(req, status, source_identity=inputs.source, driving_identity=inputs.driving,
-                                 content_key=inputs.key, **kw)
+    return ResultRow.for_request(req, status, source_identity=identity.source, driving_identity=identity.driving,
+                                 content_key=identity.key, **kw)
 
 
 def _bytes_of(*uris: Optional[str]) -> int:
@@ -163,25 +164,25 @@ def _total(tasks: list[WindowTask], stage: str) -> float:
 
 def finish_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Cancel] = None) -> ResultRow:
     """The result row of a request whose tasks are all in: failed (first failed window's error) or stitched."""
-    req, inputs = tasks[0].request, tasks[0].inputs
+    req, identity = tasks[0].request, tasks[0].identity
     if tasks[0].plan_failed:
-        return result_row(req, inputs, "failed", error=tasks[0].error, seconds_probe=tasks[0].times.probe)
+        return result_row(req, identity, FAILED, error=tasks[0].error, seconds_probe=tasks[0].times.probe)
     failed = [t for t in tasks if t.status == FAILED]
     if failed:
         first = min(failed, key=lambda t: t.index)
-        return result_row(req, inputs, "failed", error=first.error, windows=len(tasks))
+        return result_row(req, identity, FAILED, error=first.error, windows=len(tasks))
     try:
         return stitch_request(tasks, cfg, cancel)
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001
         log.info("stitch failed for %s: %s", req.request_id, exc)
-        return result_row(req, inputs, "failed", error=f"stitch: {error_text(exc)}", windows=len(tasks))
+        return result_row(req, identity, FAILED, error=f"stitch: {error_text(exc)}", windows=len(tasks))
 
 
-def skipped_row(req: Request, inputs: RequestIdentity, cfg: RunConfig) -> Optional[ResultRow]:
+def skipped_row(req: Request, identity: RequestIdentity, cfg: RunConfig) -> Optional[ResultRow]:
     """The result row of a request an earlier run finished (status ``skipped``), or None: it needs the done marker,
-    the output, and the same content key (same model, parameters and input contents)."""
+    the output, and the same content key (same model, parameters, output options and input contents)."""
     marker = cfg.marker_uri(req.request_id)
     try:
         if not (storage.exists(marker) and storage.exists(req.output)):
@@ -190,8 +191,9 @@ def skipped_row(req: Request, inputs: RequestIdentity, cfg: RunConfig) -> Option
     except Exception as exc:  # noqa: BLE001 - an unreadable marker: the request runs again
         log.warning("done marker %s does not load (%s): running %s again", marker, exc, req.request_id)
         return None
-    if row.get("content_key") != inputs.key:
-        log.info("%s changed since it was finished (model, parameters or inputs): running it again", req.request_id)
+    if row.get("content_key") != identity.key:
+        log.info("%s changed since it was finished (model, parameters, output options or inputs): running it again",
+                 req.request_id)
         return None
     finished_at = datetime.fromisoformat(row["finished_at"]) if row.get("finished_at") else None
-    return ResultRow.from_dict({**row, "status": "skipped", "finished_at": finished_at})
+    return ResultRow.from_dict({**row, "status": SKIPPED, "finished_at": finished_at})

@@ -31,7 +31,8 @@ from typing import Any, Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from pipelines.batch.results import STATUSES, ResultRow
+from pipelines.batch.results import ResultRow
+from pipelines.batch.status import STATUSES, SUCCEEDED
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class PipelineMetrics:
     def request_finished(self, status: str, *, frames: int = 0,
                          seconds: Optional[Mapping[str, float]] = None) -> None:
         self.requests.labels(status=_status(status)).inc()
-        if _status(status) == "succeeded":
+        if _status(status) == SUCCEEDED:
             self.add_frames(int(frames or 0))
         for stage, sec in (seconds or {}).items():
             self.observe_stage(stage, sec)
@@ -138,7 +139,7 @@ class PipelineMetrics:
         """Record an edit-stage output row: ``status``, ``seconds_<stage>``, ``edit_seconds``,
         ``actor_busy_seconds``, ``gpu_memory_peak_bytes`` (all optional but ``status``)."""
         self.window_finished(
-            str(row.get(ROW_STATUS, "succeeded")),
+            str(row.get(ROW_STATUS, SUCCEEDED)),
             seconds=_stage_seconds(row, exclude=("total",)),
             edit_seconds=_num(row.get(ROW_EDIT)),
             busy_seconds=_num(row.get(ROW_BUSY)),
@@ -148,7 +149,7 @@ class PipelineMetrics:
     def record_result_row(self, row: ResultRow) -> None:
         """Record a result row: its status, frames and (succeeded) ``seconds_probe/stitch/total``."""
         status = str(row.status)
-        secs = {} if status != "succeeded" else {
+        secs = {} if status != SUCCEEDED else {
             st: float(v) for st in ("probe", "stitch", "total") if (v := getattr(row, f"seconds_{st}")) is not None}
         self.request_finished(status, frames=int(row.frames or 0), seconds=secs)
 

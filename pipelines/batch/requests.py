@@ -51,50 +51,45 @@ Manifests are untrusted input; the rules that keep one bad row to its own row:
   preview equal to any ``source`` or ``driving`` in the manifest, or to the manifest itself, fails its row. URIs are
   compared normalised (:func:`uri_key`). Only rows valid otherwise take part (a duplicate ``request_id`` fails first).
 
-The result manifest: :mod:`pipelines.batch.results`.
+This docstring is the manifest contract; the code behind it: this module (the :class:`Request` type, the column
+table, value coercion and validation, :func:`parse_row`, :func:`read_manifest`),
+:mod:`~pipelines.batch.manifest_limits` (the size limits, :class:`ManifestError`, how values are quoted),
+:mod:`~pipelines.batch.manifest_files` (format by extension, capped reading, CSV/JSONL/Parquet rows,
+:func:`write_manifest`) and :mod:`~pipelines.batch.manifest_clashes` (the output rules, :func:`uri_key`). The result
+manifest: :mod:`pipelines.batch.results`.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
-import os
-import posixpath
 import re
-import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from mf_model.window import MAX_WINDOW_FRAMES, EditOptions
+from pipelines.batch.manifest_clashes import clash_reasons
+from pipelines.batch.manifest_files import JsonNumber, read_rows, write_manifest
+from pipelines.batch.manifest_limits import MAX_TEXT_CHARS, MAX_VALUE_CHARS, ManifestError, show
 from pipelines.media import storage
 from pipelines.media.timeline import LENGTH_POLICIES
 from pipelines.windows import ids
 from pipelines.windows.planning import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
+# the public names; ManifestError (manifest_limits) and write_manifest (manifest_files) are re-exported: jobs/, the
+# batch driver, benchmarks and tests import them from here
+__all__ = ["COLUMNS", "COLUMN_ALIASES", "InvalidRow", "Manifest", "ManifestError", "Request", "parse_row",
+           "read_manifest", "read_raw_rows", "valid_request_id", "write_manifest"]
+
 REQUIRED_COLUMNS = ("source", "driving")
 TEXT_COLUMNS = ("source", "driving", "output", "request_id")
-MAX_MANIFEST_BYTES = 1 << 30  # a larger manifest is refused before it is read
-CSV_FIELD_LIMIT = 16 << 20  # csv.field_size_limit while reading (the default, 128 KiB, refuses the whole file)
-MAX_TEXT_CHARS = 64 << 10  # per cell of TEXT_COLUMNS (URIs, ids); larger fails the row
-MAX_VALUE_CHARS = 64  # per cell of every other column (numbers, booleans, length_policy)
 MAX_GUIDANCE_SCALE = 100.0
-PREVIEW_CHARS = 80  # untrusted values quoted in an error are cut to this
 # request ids name files and folders under --out: no separators, no "..", no "::" (fsspec chaining), no controls
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def valid_request_id(rid: str) -> bool:
     return bool(REQUEST_ID_RE.match(rid)) and ".." not in rid
-
-
-class ManifestError(ValueError):
-    """An invalid manifest (unknown or missing columns, unreadable file) or, with ``strict``, an invalid row."""
 
 
 @dataclass(frozen=True)
@@ -164,28 +159,6 @@ class _RowError(ValueError):
     pass
 
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = _REPR.maxlong = PREVIEW_CHARS
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
-
-
-def _show(v: Any) -> str:
-    """``repr(v)`` of an untrusted value, cut to about :data:`PREVIEW_CHARS` with an ellipsis and the length."""
-    if not isinstance(v, (str, bytes)):
-        r = _REPR.repr(v)
-        return r if len(r) <= PREVIEW_CHARS else f"{r[:PREVIEW_CHARS]}…"
-    head = v[:PREVIEW_CHARS]
-    while len(repr(head)) > PREVIEW_CHARS + 2:  # escapes (\x00, \u2028) widen the repr
-        head = head[:len(head) * 3 // 4]
-    if len(head) == len(v):
-        return repr(v)
-    return f"{head!r}… ({len(v)} {'characters' if isinstance(v, str) else 'bytes'})"
-
-
-def _clip(text: str, n: int = 4 * PREVIEW_CHARS) -> str:
-    return text if len(text) <= n else f"{text[:n]}… ({len(text)} characters)"
-
-
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() == "")
 
@@ -194,7 +167,7 @@ def _check_size(col: str, v: Any) -> None:
     cap = MAX_TEXT_CHARS if col in TEXT_COLUMNS else MAX_VALUE_CHARS
     if isinstance(v, (str, bytes)) and len(v) > cap:
         unit = "characters" if isinstance(v, str) else "bytes"
-        raise _RowError(f"column '{col}': value too large ({len(v)} {unit}, at most {cap}): {_show(v)}")
+        raise _RowError(f"column '{col}': value too large ({len(v)} {unit}, at most {cap}): {show(v)}")
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
@@ -217,7 +190,7 @@ def _as_int(col: str, v: Any) -> int:
         f = float(v.strip())
     if f is not None and math.isfinite(f) and f.is_integer():
         return int(f)
-    raise _RowError(f"column '{col}': expected a finite integer in ASCII digits (e.g. 50), got {_show(v)}")
+    raise _RowError(f"column '{col}': expected a finite integer in ASCII digits (e.g. 50), got {show(v)}")
 
 
 def _parse_float(s: str) -> Optional[float]:
@@ -236,7 +209,7 @@ def _as_float(col: str, v: Any) -> float:
         f = _parse_float(v.strip())
     if f is None or not math.isfinite(f):
         raise _RowError(f"column '{col}': expected a finite number in ASCII (e.g. 3.5"
-                        f"{' or 30000/1001' if col == 'fps' else ''}), got {_show(v)}")
+                        f"{' or 30000/1001' if col == 'fps' else ''}), got {show(v)}")
     return f
 
 
@@ -252,12 +225,12 @@ def _as_bool(col: str, v: Any) -> bool:
         return bool(v)
     if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
         return v.strip().lower() in _TRUE
-    raise _RowError(f"column '{col}': expected true/false, got {_show(v)}")
+    raise _RowError(f"column '{col}': expected true/false, got {show(v)}")
 
 
 def _as_str(col: str, v: Any) -> str:
-    if not isinstance(v, str) or isinstance(v, _JsonNumber):
-        raise _RowError(f"column '{col}': expected a string, got {_show(v)}")
+    if not isinstance(v, str) or isinstance(v, JsonNumber):
+        raise _RowError(f"column '{col}': expected a string, got {show(v)}")
     return v.strip()
 
 
@@ -273,7 +246,7 @@ COLUMN_ALIASES = {"cfg": "guidance_scale"}  # old name → column; a manifest ma
 
 def _check_values(p: dict[str, Any], names: Mapping[str, str]) -> None:
     def bad(col: str, msg: str) -> None:
-        raise _RowError(f"column '{names.get(col, col)}': {msg}, got {_show(p[col])}")
+        raise _RowError(f"column '{names.get(col, col)}': {msg}, got {show(p[col])}")
 
     if p["request_id"] is not None and not valid_request_id(p["request_id"]):
         bad("request_id", "must be 1-128 letters, digits, '.', '_' or '-', start with a letter or digit and hold "
@@ -343,95 +316,11 @@ def parse_row(raw: Mapping[str, Any], row: int, out: str, base: str = "") -> Req
     return dataclasses.replace(req, request_id=rid, output=output, preview_output=preview_output)
 
 
-# --------------------------------------------------------------------------------------------- reading
-
-def _format_of(uri: str) -> str:
-    name = storage.basename(uri).lower()
-    for ext, fmt in ((".parquet", "parquet"), (".pq", "parquet"), (".csv", "csv"), (".jsonl", "jsonl"),
-                     (".ndjson", "jsonl")):
-        if name.endswith(ext):
-            return fmt
-    raise ManifestError(f"{uri}: unknown manifest format (use .parquet, .csv or .jsonl)")
-
-
-def _read_capped(uri: str) -> bytes:
-    """The manifest's bytes; refused over :data:`MAX_MANIFEST_BYTES` (by its size first, when the storage says)."""
-    fs, path = storage.open_fs(uri)
-    try:
-        size = fs.size(path)
-        if size is None or size <= MAX_MANIFEST_BYTES:
-            with fs.open(path, "rb") as f:
-                data = f.read(MAX_MANIFEST_BYTES + 1)
-            size = len(data)
-    except FileNotFoundError:
-        raise ManifestError(f"{uri}: manifest not found") from None
-    if size > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{uri}: manifest of {size} bytes is over the {MAX_MANIFEST_BYTES} byte limit: split it")
-    return data
-
-
-RowErrors = dict[int, str]  # 1-based row -> why it cannot be read (the row fails alone)
-
-
-def _read_csv(data: bytes) -> tuple[list[str], list[dict[str, Any]], RowErrors]:
-    if csv.field_size_limit() < CSV_FIELD_LIMIT:  # process-wide; only ever raised, to a bounded value
-        csv.field_size_limit(CSV_FIELD_LIMIT)
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-    try:
-        rows = list(reader)
-    except csv.Error as exc:
-        if "field larger than field limit" not in str(exc):
-            raise
-        raise ManifestError(f"line {reader.line_num}: a CSV cell is larger than {CSV_FIELD_LIMIT} bytes") from None
-    errors: RowErrors = {}
-    for n, r in enumerate(rows, 1):
-        extra = r.pop(None, None)  # type: ignore[call-overload]
-        if extra is not None:
-            errors[n] = f"more values ({len(r) + len(extra)}) than columns ({len(r)})"
-    cols = [c.strip() for c in (reader.fieldnames or [])]
-    return cols, [{k.strip(): v for k, v in r.items()} for r in rows], errors
-
-
-class _JsonNumber(str):
-    """A JSON number kept as its text (too many digits for a cell, or NaN/Infinity): it fails its row, not the file."""
-
-
-def _json_int(s: str) -> Any:
-    return int(s) if len(s) <= MAX_VALUE_CHARS else _JsonNumber(s)
-
-
-def _read_jsonl(data: bytes) -> tuple[list[str], list[dict[str, Any]], RowErrors]:
-    cols: dict[str, None] = {}
-    rows = []
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        obj = json.loads(line, parse_int=_json_int, parse_constant=_JsonNumber)  # NaN/Infinity stay text: they fail
-        if not isinstance(obj, dict):
-            raise ManifestError(f"line {n} is not a JSON object")
-        cols.update(dict.fromkeys(obj))
-        rows.append(obj)
-    return list(cols), rows, {}
-
-
-def _read_rows(uri: str) -> tuple[list[str], list[dict[str, Any]], RowErrors]:
-    fmt = _format_of(uri)
-    data = _read_capped(uri)
-    try:
-        if fmt == "parquet":
-            table = pq.read_table(io.BytesIO(data), use_threads=storage.PARQUET_THREADS)
-            return list(table.column_names), table.to_pylist(), {}
-        return _read_csv(data) if fmt == "csv" else _read_jsonl(data)
-    except ManifestError as exc:
-        raise ManifestError(f"{uri}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a manifest error
-        reason = _clip(" ".join(str(exc).split()))  # one line, cut: reader errors may quote the file
-        raise ManifestError(f"{uri}: cannot read {fmt} manifest: {type(exc).__name__}: {reason}") from exc
-
+# --------------------------------------------------------------------------------------------- the manifest
 
 def read_raw_rows(uri: str) -> tuple[list[str], list[dict[str, Any]]]:
     """Column names and raw row dicts of a manifest file (any columns; a row that cannot be read refuses the file)."""
-    cols, rows, errors = _read_rows(uri)
+    cols, rows, errors = read_rows(uri)
     if errors:
         n = min(errors)
         raise ManifestError(f"{uri}: row {n}: {errors[n]}")
@@ -439,7 +328,7 @@ def read_raw_rows(uri: str) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _names(cols: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(_show(c) for c in cols[:limit])
+    shown = ", ".join(show(c) for c in cols[:limit])
     return shown + (f" and {len(cols) - limit} more" if len(cols) > limit else "")
 
 
@@ -459,65 +348,8 @@ def _check_columns(uri: str, cols: list[str]) -> None:
         raise ManifestError(f"{uri}: missing required column(s) {', '.join(repr(c) for c in missing)}")
 
 
-# --------------------------------------------------------------------------------------------- output clashes
-
-_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs", "local": "file"}
-
-
-def uri_key(uri: str) -> str:
-    """A URI normalised for comparison: local paths (``file://``/``file:`` prefix stripped) absolute and
-    ``os.path.normpath``-ed; other URIs with the scheme lower-cased (aliases folded: ``s3a`` = ``s3``, ``gcs`` =
-    ``gs``) and repeated slashes, ``.`` and ``..`` folded (two spellings of one object compare equal; the folding may
-    only make distinct keys compare equal, which fails a row, never lets two rows write one file)."""
-    u = str(uri).strip()
-    scheme, sep, rest = u.partition("://")
-    scheme = _SCHEME_ALIASES.get(scheme.lower(), scheme.lower()) if sep else ""
-    if not sep and u.lower().startswith("file:"):
-        scheme, rest = "file", u[5:]
-    if scheme in ("", "file"):
-        return os.path.normpath(os.path.abspath(rest if scheme else u))
-    return f"{scheme}://{posixpath.normpath('/' + re.sub('/+', '/', rest)).lstrip('/')}"
-
-
-def _writes(r: Request) -> list[tuple[str, str]]:
-    return [("output", r.output)] + ([("preview", r.preview_output)] if r.preview_output else [])
-
-
-def _input_name(col: str, row: int, me: int) -> str:
-    return "the manifest itself" if col == "manifest" else f"its own {col}" if row == me else \
-        f"the {col} of row {row}"
-
-
-def _clash_reasons(uri: str, reqs: Sequence[Request]) -> dict[int, str]:
-    """Row -> why it may not run: its output or preview is another row's (or its own other file), an input of the
-    manifest, or the manifest itself."""
-    inputs: dict[str, tuple[str, int]] = {uri_key(uri): ("manifest", 0)}
-    for r in reqs:
-        for col in ("source", "driving"):
-            inputs.setdefault(uri_key(getattr(r, col)), (col, r.row))
-    writers: dict[str, list[int]] = {}
-    for r in reqs:
-        for _, out in _writes(r):
-            writers.setdefault(uri_key(out), []).append(r.row)
-    bad: dict[int, str] = {}
-    for r in reqs:
-        for col, out in _writes(r):
-            key, what = uri_key(out), "output" if col == "output" else "preview output"
-            others = sorted({n for n in writers[key] if n != r.row})
-            own = {uri_key(r.driving): ("driving", r.row), uri_key(r.source): ("source", r.row)}
-            if key in inputs:  # the row's own input named first
-                name = _input_name(*own.get(key, inputs[key]), r.row)
-                bad.setdefault(r.row, f"column '{col}': {what} {_show(out)} is {name}: it would be overwritten")
-            elif others:
-                bad.setdefault(r.row, f"column '{col}': {what} {_show(out)} is also written by row(s) "
-                                      f"{', '.join(map(str, others))}")
-            elif len(writers[key]) > 1:
-                bad.setdefault(r.row, f"column '{col}': output and preview output are the same file {_show(out)}")
-    return bad
-
-
 def _fail_clashes(man: Manifest, strict: bool) -> None:
-    bad = _clash_reasons(man.uri, man.requests)
+    bad = clash_reasons(man.uri, man.requests)
     for r in man.requests:
         if r.row in bad:
             msg = f"{man.uri}: row {r.row}: {bad[r.row]}"
@@ -528,10 +360,8 @@ def _fail_clashes(man: Manifest, strict: bool) -> None:
     man.invalid.sort(key=lambda b: b.row)
 
 
-# --------------------------------------------------------------------------------------------- the manifest
-
 def _cell_text(v: Any) -> Optional[str]:
-    return None if v is None else _show(v) if isinstance(v, (str, bytes)) and len(v) > MAX_TEXT_CHARS else str(v)
+    return None if v is None else show(v) if isinstance(v, (str, bytes)) and len(v) > MAX_TEXT_CHARS else str(v)
 
 
 def _invalid_row(uri: str, n: int, raw: Mapping[str, Any], exc: Exception, seen: Mapping[str, int]) -> InvalidRow:
@@ -545,7 +375,7 @@ def _invalid_row(uri: str, n: int, raw: Mapping[str, Any], exc: Exception, seen:
 
 def read_manifest(uri: str, out: str, *, strict: bool = False) -> Manifest:
     """Read and validate a request manifest; ``out`` is the run's output root (for default ``output`` URIs)."""
-    cols, rows, errors = _read_rows(uri)
+    cols, rows, errors = read_rows(uri)
     _check_columns(uri, cols)
     base = storage.parent(uri)
     man = Manifest(uri=uri)
@@ -556,7 +386,7 @@ def read_manifest(uri: str, out: str, *, strict: bool = False) -> Manifest:
                 raise _RowError(errors[n])
             req = parse_row(raw, n, out, base)
             if req.request_id in seen:
-                raise _RowError(f"duplicate request_id {_show(req.request_id)} (first in row {seen[req.request_id]})")
+                raise _RowError(f"duplicate request_id {show(req.request_id)} (first in row {seen[req.request_id]})")
             seen[req.request_id] = n
             man.requests.append(req)
         except ValueError as exc:
@@ -565,24 +395,3 @@ def read_manifest(uri: str, out: str, *, strict: bool = False) -> Manifest:
             man.invalid.append(_invalid_row(uri, n, raw, exc, seen))
     _fail_clashes(man, strict)
     return man
-
-
-def write_manifest(rows: Sequence[Mapping[str, Any]], uri: str) -> None:
-    """Write request rows as a manifest (format by extension), atomically; for tests and tools."""
-    fmt = _format_of(uri)
-    if fmt == "parquet":
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist([dict(r) for r in rows]), buf)
-        storage.atomic_write_bytes(uri, buf.getvalue())
-    elif fmt == "csv":
-        cols: list[str] = []
-        for r in rows:
-            cols += [k for k in r if k not in cols]
-        s = io.StringIO()
-        w = csv.DictWriter(s, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-        storage.atomic_write_text(uri, s.getvalue())
-    else:
-        storage.atomic_write_text(uri, "".join(json.dumps(dict(r)) + "\n" for r in rows))

@@ -32,9 +32,8 @@ import pyarrow.parquet as pq
 
 from pipelines.batch.arrow_types import arrow_field, arrow_schema
 from pipelines.batch.requests import InvalidRow, Request
+from pipelines.batch.status import FAILED, STATUSES
 from pipelines.media import storage
-
-STATUSES = ("succeeded", "failed", "skipped")
 
 
 @dataclass
@@ -93,7 +92,7 @@ class ResultRow:
 
     @classmethod
     def for_invalid(cls, bad: InvalidRow) -> ResultRow:
-        return cls(request_id=bad.request_id, status="failed", error=bad.error, source=bad.source,
+        return cls(request_id=bad.request_id, status=FAILED, error=bad.error, source=bad.source,
                    driving=bad.driving, manifest_row=bad.row)
 
 

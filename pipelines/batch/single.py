@@ -39,17 +39,18 @@ def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optiona
                  cancel: Optional[Cancel] = None) -> ResultRow:
     """Edit one request with ``model`` (an ``mf_model`` model loaded from ``cfg.model``) and return its result row
     (a :class:`~pipelines.batch.results.ResultRow`). Never raises for a bad input: the row says ``failed`` and
-    why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it.
+    why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it (the
+    request's key adds its edit parameters, ``cfg.processing``'s output options and the inputs' contents).
     ``cancel``: checked before each stage, between the sampler's steps and before every write; once it returns True,
     :class:`~pipelines.batch.cancel.Cancelled` is raised and nothing more is written."""
     t0 = time.perf_counter()
-    inputs = request_identity(request, model_key or identity.model_key(cfg.model))
-    done = skipped_row(request, inputs, cfg)
+    ident = request_identity(request, model_key or identity.model_key(cfg.model), cfg.processing)
+    done = skipped_row(request, ident, cfg)
     if done is not None:
         return done
     cond = conditioner or conditioner_for(cfg)
     model_identity = model.identity()
-    tasks = plan_request(request, inputs, cfg, cond)
+    tasks = plan_request(request, ident, cfg, cond)
     if not tasks[0].plan_failed:
         for i, task in enumerate(tasks):
             check_cancel(cancel)

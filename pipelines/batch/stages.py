@@ -1,7 +1,8 @@
 """The per-window stage functions of the batch pipeline: plan, prepare, edit. Plain functions, no Ray.
 
-The Ray stage classes (:mod:`pipelines.batch.ray_stages`) and the in-process single-request path
-(:mod:`pipelines.batch.single`) both call exactly these, so a request gives the same files and rows either way.
+The Ray stage classes (:mod:`pipelines.batch.ray_stages`, on :mod:`pipelines.batch.stage_base`) and the in-process
+single-request path (:mod:`pipelines.batch.single`) both call exactly these, so a request gives the same files and
+rows either way.
 Stitching a finished request is in :mod:`pipelines.batch.finish`.
 
 - :func:`plan_request` — probe each input once, map driving frames to output frames, compute the alignment once,
@@ -29,7 +30,8 @@ from pipelines.batch.cancel import Cancel, Cancelled, check_cancel
 from pipelines.batch.config import RunConfig
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
-from pipelines.batch.tasks import PENDING, SKIPPED, SUCCEEDED, RequestPlan, StageTimes, WindowTask
+from pipelines.batch.status import PENDING, SKIPPED, SUCCEEDED
+from pipelines.batch.tasks import RequestPlan, StageTimes, WindowTask
 from pipelines.conditioning import (
     AlignTransform,
     driving_index_map,
@@ -112,7 +114,7 @@ def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan,
     return plan, src_idx, dmap
 
 
-def plan_request(req: Request, inputs: RequestIdentity, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:
+def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:
     """Plan one request: its window tasks, or one failed task (``index == PLAN_FAILED``). A window whose frames
     are on storage already, readable and of the right shape, is ``skipped``; any other file there is recomputed."""
     t0 = time.perf_counter()
@@ -120,14 +122,14 @@ def plan_request(req: Request, inputs: RequestIdentity, cfg: RunConfig, cond: Co
         plan, src_idx, dmap = _plan(req, cfg, cond)
         tasks = []
         for w in plan_windows(plan.frames, req.window, req.overlap):
-            wid = window_id(req.request_id, req.source, w, {"identity": inputs.key})
+            wid = window_id(req.request_id, req.source, w, {"identity": identity.key})
             tasks.append(WindowTask(
-                request=req, inputs=inputs, plan=plan, window_id=wid, index=w.index, start=w.start, end=w.end,
+                request=req, identity=identity, plan=plan, window_id=wid, index=w.index, start=w.start, end=w.end,
                 source_indices=src_idx[w.start:w.end], driving_indices=dmap[w.start:w.end],
                 uri=cfg.window_uri(req.request_id, wid)))
     except Exception as exc:  # noqa: BLE001 - one bad request fails its own row
         log.info("plan failed for %s: %s", req.request_id, exc)
-        return [WindowTask(req, inputs, times=StageTimes(probe=time.perf_counter() - t0)).fail("plan", exc)]
+        return [WindowTask(req, identity, times=StageTimes(probe=time.perf_counter() - t0)).fail("plan", exc)]
     share = (time.perf_counter() - t0) / len(tasks)
     for task in tasks:
         task.count, task.times.probe = len(tasks), share

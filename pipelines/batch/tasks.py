@@ -1,13 +1,16 @@
-"""The typed task that moves between the batch stages: one :class:`WindowTask` per window of a request.
+"""The typed rows that move between the batch stages: a :class:`RequestRow` into plan, then one :class:`WindowTask`
+per window of a request.
 
-A task carries its :class:`~pipelines.batch.requests.Request` (parsed once, when the manifest is read) and the
-:class:`~pipelines.batch.identity.RequestIdentity` of what its output depends on, the
-:class:`RequestPlan` the plan stage computed once per request (length, rate, geometry, alignment), the window's span
-and frame maps, its status and per-stage :class:`StageTimes`, and — between prepare and edit only — the prepared
-arrays as npz bytes. Between Ray Data stages a task travels as one Arrow row of :data:`TASK_SCHEMA` (struct and list
-columns, no JSON strings): :meth:`WindowTask.to_row` / :meth:`WindowTask.from_row`. The schema is derived from these
-dataclasses (and :class:`~pipelines.batch.requests.Request`, :class:`~pipelines.conditioning.align.AlignTransform`)
-by :mod:`pipelines.batch.arrow_types`: a field's Arrow type is declared on the field, nowhere else.
+A task carries its :class:`~pipelines.batch.requests.Request` (parsed once, when the manifest is read) and its
+``identity``, the :class:`~pipelines.batch.identity.RequestIdentity` of what its output depends on (content key),
+the :class:`RequestPlan` the plan stage computed once per request (length, rate, geometry, alignment), the window's
+span and frame maps, its status and per-stage :class:`StageTimes`, and — between prepare and edit only — the prepared
+arrays as npz bytes. Between Ray Data stages a row travels as one Arrow row (struct and list columns, no JSON
+strings): a request of :data:`REQUEST_SCHEMA`, a task of :data:`TASK_SCHEMA` (:func:`rows_to_table` /
+:func:`rows_from_table`; for tasks :func:`tasks_to_table` / :func:`tasks_from_table`). The schemas are derived
+from these dataclasses (and :class:`~pipelines.batch.requests.Request`,
+:class:`~pipelines.conditioning.align.AlignTransform`) by :mod:`pipelines.batch.arrow_types`: a field's Arrow type
+is declared on the field, nowhere else.
 
 A request whose plan failed is one task with ``index == PLAN_FAILED`` and ``plan is None``.
 """
@@ -21,13 +24,13 @@ import pyarrow as pa
 from pipelines.batch.arrow_types import arrow_field, arrow_schema, arrow_struct, from_arrow, to_arrow
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
+from pipelines.batch.status import FAILED, PENDING
 from pipelines.conditioning.align import AlignTransform
 
 PLAN_FAILED = -1  # the index of the single task a failed plan emits
-PENDING, SKIPPED, SUCCEEDED, FAILED = "pending", "skipped", "succeeded", "failed"
 
 REQUEST_TYPE = arrow_struct(Request)
-INPUTS_TYPE = arrow_struct(RequestIdentity)
+IDENTITY_TYPE = arrow_struct(RequestIdentity)
 _GEOMETRY_TYPE = pa.struct([("scale", pa.float64()), ("ox", pa.int64()), ("oy", pa.int64())])  # fit_geometry's
 
 
@@ -82,7 +85,7 @@ class WindowTask:
     """One window of one request, as it moves plan → prepare → edit → stitch."""
 
     request: Request
-    inputs: RequestIdentity
+    identity: RequestIdentity  # what the request's output depends on (its content key)
     plan: Optional[RequestPlan] = None
     window_id: str = ""
     index: int = arrow_field(pa.int32(), default=PLAN_FAILED)
@@ -122,7 +125,27 @@ class WindowTask:
         return from_arrow(cls, row)
 
 
+@dataclass
+class RequestRow:
+    """The plan stage's input: one request to do, with its identity."""
+
+    request: Request
+    identity: RequestIdentity
+
+
 TASK_SCHEMA = arrow_schema(WindowTask)
+REQUEST_SCHEMA = arrow_schema(RequestRow)
+
+
+def rows_to_table(rows: list[Any], schema: pa.Schema) -> pa.Table:
+    """Dataclass instances as a table of ``schema`` (:func:`~pipelines.batch.arrow_types.arrow_schema` of their
+    class)."""
+    return pa.Table.from_pylist([to_arrow(r) for r in rows], schema=schema)
+
+
+def rows_from_table(cls: type, table: pa.Table) -> list[Any]:
+    """A table of ``arrow_schema(cls)`` back as ``cls`` instances."""
+    return [from_arrow(cls, r) for r in table.to_pylist()]
 
 
 def tasks_to_table(tasks: list[WindowTask]) -> pa.Table:
@@ -130,7 +153,12 @@ def tasks_to_table(tasks: list[WindowTask]) -> pa.Table:
 
 
 def tasks_from_table(table: pa.Table) -> list[WindowTask]:
-    return [WindowTask.from_row(r) for r in table.to_pylist()]
+    return rows_from_table(WindowTask, table)
+
+
+def requests_table(rows: list[RequestRow]) -> pa.Table:
+    """The plan stage's input block."""
+    return rows_to_table(rows, REQUEST_SCHEMA)
 
 
 def error_text(exc: BaseException) -> str:

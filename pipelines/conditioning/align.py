@@ -1,9 +1,10 @@
 """Retarget the driving skeleton to the source person's size and placement.
 
-Default (``mode="ground"``): a uniform scaling of every driving frame about the point on the floor under the
-person (hip-centre x, ankle or bottom-edge y) by the source/driving stature ratio — the official
-``target_aligned_poses`` are exactly such per-frame similarities of ``target_poses``. The older per-bone mode
-(``mode="bones"``) is described below.
+Default: ``mode="silhouette"`` when both people's masks are known (per output frame, a uniform scaling of the
+driving skeleton that matches the silhouette heights — the official ``target_aligned_poses`` are exactly such
+per-frame similarities of ``target_poses``), else ``mode="ground"`` (one uniform scaling about the point on the floor
+under the person, hip-centre x and ankle or bottom-edge y, by the source/driving stature ratio: for drivings without
+pixels). The older per-bone mode (``mode="bones"``) is described below; :func:`compute_alignment` has the rules.
 
 The transform is computed once per request from a few reference frames and is a small frozen
 :class:`AlignTransform`, so window workers can apply it independently (it crosses process boundaries as a dict,

@@ -25,6 +25,8 @@ from pipelines.conditioning.window_inputs import (
     reference_alignment,
 )
 from pipelines.media.errors import InputError
+from pipelines.media.geometry import DEFAULT_FIT_MODE
+from pipelines.media.timeline import DEFAULT_LENGTH_POLICY
 from pipelines.media.video import probe_video
 
 LAYOUT = ["source_images", "source_poses", "source_masks", "target_images", "target_poses", "target_aligned_poses",
@@ -40,9 +42,9 @@ def _write_png(fs, path: str, arr: np.ndarray, fmt: str = "PNG") -> None:
         f.write(buf.getvalue())
 
 
-def prepare(source: str, driving: str, out_dir: str, size=512, frames: int | None = None, mode: str = "pad",
-            policy: str = "trim", backend: str = DEFAULT_BACKEND, window: int = 24, source_fps: float | None = None,
-            driving_fps: float | None = None, progress=None) -> dict:
+def prepare(source: str, driving: str, out_dir: str, size=512, frames: int | None = None,
+            mode: str = DEFAULT_FIT_MODE, policy: str = DEFAULT_LENGTH_POLICY, backend: str = DEFAULT_BACKEND,
+            window: int = 24, source_fps: float | None = None, driving_fps: float | None = None, progress=None) -> dict:
     """Prepare one edit in the official folder layout under ``out_dir`` (fsspec URI allowed).
 
     Writes ``source_images/`` (jpg), ``source_poses/``, ``source_masks/``, ``target_images/`` (jpg; only for a driving

@@ -34,6 +34,7 @@ from pipelines.conditioning.poses.tracking import clean_track
 from pipelines.conditioning.render import render_poses
 from pipelines.media import timeline
 from pipelines.media.errors import InputError
+from pipelines.media.geometry import DEFAULT_FIT_MODE
 from pipelines.media.video import VideoInfo, probe_video, read_fitted_frames, release_memory
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ def as_size(size) -> tuple[int, int]:
 
 # -- timing (the arithmetic lives in pipelines.media.timeline) ------------------------------------------------------
 
-def driving_index_map(source_info: VideoInfo, driving_info: VideoInfo | PoseTrack, policy: str = "trim",
-                      frames: int | None = None) -> tuple[int, list[int]]:
+def driving_index_map(source_info: VideoInfo, driving_info: VideoInfo | PoseTrack,
+                      policy: str = timeline.DEFAULT_LENGTH_POLICY, frames: int | None = None) -> tuple[int, list[int]]:
     """Output frames (the source's grid) → driving frames (the driving motion's grid, a video's or a pose track's):
     :func:`pipelines.media.timeline.driving_index_map` on the two inputs' frame counts and rates."""
     s_rate = source_info.rate if source_info.fps else 25
@@ -92,7 +93,7 @@ def load_driving_track(driving) -> PoseTrack | None:
 
 
 def reference_alignment(source: str, driving, source_indices: Sequence[int] | None = None,
-                        driving_indices: Sequence[int] | None = None, size=512, mode: str = "pad",
+                        driving_indices: Sequence[int] | None = None, size=512, mode: str = DEFAULT_FIT_MODE,
                         ref_frames: int = 4, backend: str = DEFAULT_BACKEND, source_info: VideoInfo | None = None,
                         driving_info: VideoInfo | None = None) -> AlignTransform:
     """Compute the per-request :class:`~pipelines.conditioning.align.AlignTransform` from the first ``ref_frames``
@@ -128,7 +129,8 @@ def reference_alignment(source: str, driving, source_indices: Sequence[int] | No
 
 
 def prepare_window(source_uri: str, driving, source_indices: Sequence[int], driving_indices: Sequence[int],
-                   transform: AlignTransform | None, size=512, mode: str = "pad", backend: str = DEFAULT_BACKEND,
+                   transform: AlignTransform | None, size=512, mode: str = DEFAULT_FIT_MODE,
+                   backend: str = DEFAULT_BACKEND,
                    source_info: VideoInfo | None = None, driving_info: VideoInfo | None = None,
                    with_driving_frames: bool = False, keys: Sequence[str] | None = None) -> dict:
     """Everything the editing model needs for one window.

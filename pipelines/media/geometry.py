@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+FIT_MODES = ("pad", "crop")  # keep the aspect by padding (letterbox) or by a centre crop
+DEFAULT_FIT_MODE = FIT_MODES[0]
 
-def fit_frame(frame: np.ndarray, size: tuple[int, int] | int = (512, 512), mode: str = "pad") -> np.ndarray:
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int] | int = (512, 512), mode: str = DEFAULT_FIT_MODE) -> np.ndarray:
     """Resize one frame (H, W[, C]) to ``size`` = (H, W) keeping the aspect ratio.
 
     ``mode="pad"`` letterboxes with black, ``mode="crop"`` centre-crops. Masks (2-D) use nearest neighbour.
@@ -31,18 +34,19 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int] | int = (512, 512), mode:
     return out
 
 
-def fit_geometry(src_hw: tuple[int, int], size: tuple[int, int] | int = (512, 512), mode: str = "pad") -> dict:
+def fit_geometry(src_hw: tuple[int, int], size: tuple[int, int] | int = (512, 512),
+                 mode: str = DEFAULT_FIT_MODE) -> dict:
     """The affine map of :func:`fit_frame`: ``x_out = x_in * scale + ox`` (same for y with ``oy``)."""
     th, tw = (size, size) if isinstance(size, int) else size
     h, w = src_hw
-    if mode not in ("pad", "crop"):
-        raise ValueError(f"resize mode must be 'pad' or 'crop', not {mode!r}")
+    if mode not in FIT_MODES:
+        raise ValueError(f"resize mode must be one of {', '.join(FIT_MODES)}, not {mode!r}")
     s = min(th / h, tw / w) if mode == "pad" else max(th / h, tw / w)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
     return {"scale": s, "ox": (tw - nw) // 2, "oy": (th - nh) // 2}
 
 
-def fit_frames(frames: np.ndarray, size=(512, 512), mode: str = "pad") -> np.ndarray:
+def fit_frames(frames: np.ndarray, size=(512, 512), mode: str = DEFAULT_FIT_MODE) -> np.ndarray:
     """:func:`fit_frame` over a batch."""
     th, tw = (size, size) if isinstance(size, int) else size
     if frames.shape[1:3] == (th, tw):

@@ -23,6 +23,7 @@ import numpy as np
 
 FpsLike = Union[int, float, str, Fraction, tuple]
 LENGTH_POLICIES = ("trim", "loop", "hold")
+DEFAULT_LENGTH_POLICY = LENGTH_POLICIES[0]
 # rates a camera, phone or editor writes; a measured rate within SNAP_TOLERANCE of one is taken as it
 STANDARD_RATES = tuple(Fraction(r) for r in (
     "24000/1001", "24", "25", "30000/1001", "30", "48", "50", "60000/1001", "60", "90", "100", "120000/1001", "120",
@@ -165,7 +166,7 @@ def timeline_from_timestamps(times: Sequence[int], time_base: Fraction, rate: Fr
 # -- source <-> driving ----------------------------------------------------------------------------------------------
 
 def driving_index_map(source_frames: int, source_rate: FpsLike, driving_frames: int, driving_rate: FpsLike,
-                      policy: str = "trim", frames: int | None = None) -> tuple[int, list[int]]:
+                      policy: str = DEFAULT_LENGTH_POLICY, frames: int | None = None) -> tuple[int, list[int]]:
     """Map output frames (the source's grid) to driving frames (the driving motion's own grid).
 
     Output frame ``k`` takes driving frame ``round(k * rate_d / rate_s)``. ``policy``: ``"trim"`` ends at the

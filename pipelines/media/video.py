@@ -40,7 +40,7 @@ import numpy as np
 from pipelines.media import storage
 from pipelines.media.decode import FrameDecoder
 from pipelines.media.errors import InputError
-from pipelines.media.geometry import fit_frame
+from pipelines.media.geometry import DEFAULT_FIT_MODE, fit_frame
 from pipelines.media.probe import MediaInfo, probe_media
 from pipelines.media.timeline import FpsLike, Timeline, to_fraction
 
@@ -359,7 +359,7 @@ def read_frames(uri: str, indices: Sequence[int], chunk: int = DECODE_CHUNK,
     return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
-def read_fitted_frames(uri: str, indices: Sequence[int], size=(512, 512), mode: str = "pad",
+def read_fitted_frames(uri: str, indices: Sequence[int], size=(512, 512), mode: str = DEFAULT_FIT_MODE,
                        info: VideoInfo | None = None, chunk: int = FIT_CHUNK) -> np.ndarray:
     """``fit_frames(read_frames(uri, indices), size, mode)`` without ever holding more than ``chunk`` decoded
     full-resolution frames: ``(N, H, W, 3) uint8`` at the fitted ``size``. Peak memory is the fitted output plus

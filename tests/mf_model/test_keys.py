@@ -34,4 +34,4 @@ def test_sd15_keys_and_shapes_match_official(golden_case):
         assert not bad, [(k, ours[k], expected[k]) for k in bad[:5]]
     assert _ours(pg) == _tsv(golden_case, "pose_guider")
     n_params = sum(p.numel() for p in unet.parameters())
-    assert n_params == 1_390_099_524  # spec §4.3
+    assert n_params == 1_390_099_524  # the official inflated UNet's parameter count

@@ -1,7 +1,9 @@
 """The Arrow schemas derived from the dataclasses (:mod:`pipelines.batch.arrow_types`) are exactly the schemas the
 pipeline wrote by hand before: literal copies of those are kept here, field order and nullability included (the
-result manifest is read by users; the task schema moves windows between Ray Data stages). And the helper itself:
-hints → Arrow types, per-field declarations, the value round trip; the alignment transform's dict boundary."""
+result manifest is read by users; the task schema moves windows between Ray Data stages). One name changed since:
+the request identity column of the task and plan-input schemas, ``inputs`` then, is ``identity``. And the helper
+itself: hints → Arrow types, per-field declarations, the value round trip; the alignment transform's dict
+boundary."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +16,8 @@ import pyarrow as pa
 import pytest
 
 from pipelines.batch.arrow_types import arrow_field, arrow_schema, arrow_struct, arrow_type, from_arrow, to_arrow
-from pipelines.batch.ray_stages import REQUEST_SCHEMA
 from pipelines.batch.results import RESULT_COLUMNS, RESULT_SCHEMA, ResultRow
-from pipelines.batch.tasks import INPUTS_TYPE, REQUEST_TYPE, TASK_SCHEMA
+from pipelines.batch.tasks import IDENTITY_TYPE, REQUEST_SCHEMA, REQUEST_TYPE, TASK_SCHEMA
 from pipelines.conditioning.align import AlignTransform, compute_alignment, identity_alignment
 
 # -- literal copies of the hand-written schemas this replaced ------------------------------------------------------
@@ -43,13 +44,15 @@ OLD_PLAN_TYPE = pa.struct([
 ])
 OLD_TIMES_TYPE = pa.struct([(n, pa.float64()) for n in (
     "probe", "prepare", "edit", "write", "model", "busy", "edit_started_at", "edit_ended_at", "gpu_memory_peak")])
-OLD_IDENTITY_TYPE = pa.map_(pa.string(), pa.string())
-OLD_INPUTS_TYPE = pa.struct([("source", pa.string()), ("driving", pa.string()), ("key", pa.string())])
+OLD_MODEL_IDENTITY_TYPE = pa.map_(pa.string(), pa.string())
+OLD_REQUEST_IDENTITY_TYPE = pa.struct([("source", pa.string()), ("driving", pa.string()), ("key", pa.string())])
 OLD_TASK_SCHEMA = pa.schema([
-    ("request", OLD_REQUEST_TYPE), ("inputs", OLD_INPUTS_TYPE), ("plan", OLD_PLAN_TYPE), ("window_id", pa.string()),
+    ("request", OLD_REQUEST_TYPE), ("identity", OLD_REQUEST_IDENTITY_TYPE), ("plan", OLD_PLAN_TYPE),
+    ("window_id", pa.string()),
     ("index", pa.int32()), ("count", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
     ("source_indices", pa.list_(pa.int64())), ("driving_indices", pa.list_(pa.int64())), ("uri", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("times", OLD_TIMES_TYPE), ("model_identity", OLD_IDENTITY_TYPE),
+    ("status", pa.string()), ("error", pa.string()), ("times", OLD_TIMES_TYPE),
+    ("model_identity", OLD_MODEL_IDENTITY_TYPE),
     ("prepare_node", pa.string()), ("edit_node", pa.string()), ("payload", pa.large_binary()),
 ])
 OLD_RESULT_SCHEMA = pa.schema([
@@ -91,9 +94,9 @@ OLD_RESULT_SCHEMA = pa.schema([
 
 @pytest.mark.parametrize("derived, old", [
     (TASK_SCHEMA, OLD_TASK_SCHEMA), (RESULT_SCHEMA, OLD_RESULT_SCHEMA), (REQUEST_TYPE, OLD_REQUEST_TYPE),
-    (INPUTS_TYPE, OLD_INPUTS_TYPE), (arrow_struct(AlignTransform), OLD_TRANSFORM_TYPE),
-    (REQUEST_SCHEMA, pa.schema([("request", OLD_REQUEST_TYPE), ("inputs", OLD_INPUTS_TYPE)])),
-], ids=["task", "result", "request", "inputs", "transform", "plan-input"])
+    (IDENTITY_TYPE, OLD_REQUEST_IDENTITY_TYPE), (arrow_struct(AlignTransform), OLD_TRANSFORM_TYPE),
+    (REQUEST_SCHEMA, pa.schema([("request", OLD_REQUEST_TYPE), ("identity", OLD_REQUEST_IDENTITY_TYPE)])),
+], ids=["task", "result", "request", "identity", "transform", "plan-input"])
 def test_derived_schemas_equal_the_hand_written_ones(derived, old):
     assert derived.equals(old, check_metadata=True), f"\n{derived}\n!=\n{old}"
     assert [(f.name, f.nullable) for f in derived] == [(f.name, f.nullable) for f in old]  # order, nullability

@@ -1,4 +1,5 @@
-"""Untrusted request manifests: output clashes, cell and file sizes, ASCII/finite numbers (pipelines.batch.requests)."""
+"""Untrusted request manifests: output clashes, cell and file sizes, ASCII/finite numbers (pipelines.batch.requests
+and the manifest_files, manifest_clashes and manifest_limits modules behind it)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.batch import requests as rq
-from pipelines.batch.requests import ManifestError, read_manifest, read_raw_rows, uri_key, write_manifest
+from pipelines.batch import manifest_files
+from pipelines.batch.manifest_clashes import uri_key
+from pipelines.batch.manifest_limits import CSV_FIELD_LIMIT
+from pipelines.batch.requests import ManifestError, read_manifest, read_raw_rows, write_manifest
 from pipelines.media import storage
 
 SRC, DRV = "s3://b/a.mp4", "s3://b/d.mp4"
@@ -171,7 +174,7 @@ def test_number_cells_have_a_smaller_cap(tmp_path):
 
 def test_csv_cell_over_the_field_limit_refuses_the_file(tmp_path):
     uri = tmp_path / "m.csv"
-    uri.write_text(f"source,driving\n{SRC},{DRV}\n\"{'v' * (rq.CSV_FIELD_LIMIT + 1)}\",{DRV}\n")
+    uri.write_text(f"source,driving\n{SRC},{DRV}\n\"{'v' * (CSV_FIELD_LIMIT + 1)}\",{DRV}\n")
     with pytest.raises(ManifestError, match="larger than") as e:
         read_manifest(str(uri), out="/o")
     assert _short(str(e.value))
@@ -189,7 +192,7 @@ def test_csv_row_with_extra_values_fails_alone(tmp_path):
 
 def test_manifest_over_the_size_limit_is_refused(tmp_path, monkeypatch):
     uri = _write(tmp_path, "jsonl", [{"source": SRC, "driving": DRV}] * 10)
-    monkeypatch.setattr(rq, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(manifest_files, "MAX_MANIFEST_BYTES", 100)  # the reader's copy
     with pytest.raises(ManifestError, match="over the 100 byte limit"):
         read_manifest(uri, out="/o")
     mem = f"memory://mf-limits-{uuid.uuid4().hex[:8]}"

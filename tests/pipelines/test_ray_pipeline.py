@@ -283,7 +283,7 @@ def test_plan_probes_each_input_video_once(inputs, tmp_path, monkeypatch, drivin
     monkeypatch.setattr(video, "_PROBES", video._ProbeCache())
     cfg = RunConfig(manifest="", out=str(tmp_path / "out"))
     req = parse_row({"source": str(inputs / "person.mp4"), "driving": str(inputs / driving), **PARAMS}, 1, cfg.out)
-    tasks = plan_request(req, request_identity(req, "m"), cfg, conditioner_for(cfg))
+    tasks = plan_request(req, request_identity(req, "m", cfg.processing), cfg, conditioner_for(cfg))
     assert not tasks[0].plan_failed, tasks[0].error
     assert len(tasks) == 2 and tasks[0].plan.has_audio
     assert len(calls) == probes, calls

@@ -1,6 +1,7 @@
 """The batch stage functions in-process, without Ray: plan → prepare → edit → finish with small fakes (a conditioner
 that returns arrays, a model that returns frames), real storage and a real ffmpeg encode; the typed window task's
-Arrow round trip; and the resource fitting."""
+Arrow round trip; the resource fitting; and the content key: what re-runs a finished request (driver triage and
+``single.edit_request``) and what does not."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,11 @@ import pyarrow as pa
 import pytest
 
 from pipelines.batch.config import ProcessingOptions, RunConfig, StageResources
+from pipelines.batch.driver import triage
 from pipelines.batch.finish import finish_request, skipped_row
-from pipelines.batch.identity import request_identity
-from pipelines.batch.requests import parse_row
+from pipelines.batch.identity import NON_OUTPUT_OPTIONS, OUTPUT_OPTIONS, request_identity
+from pipelines.batch.requests import parse_row, read_manifest, write_manifest
+from pipelines.batch.single import edit_request
 from pipelines.batch.stages import Conditioner, edit_task, plan_request, prepare_task
 from pipelines.batch.tasks import PLAN_FAILED, TASK_SCHEMA, RequestPlan, WindowTask, tasks_from_table, tasks_to_table
 from pipelines.conditioning.align import AlignTransform
@@ -83,13 +86,13 @@ def _request(cfg, **kw):
     return parse_row(raw, row=1, out=cfg.out)
 
 
-def _inputs(req, model="fake-model"):
-    return request_identity(req, model)
+def _inputs(req, model="fake-model", processing=None):
+    return request_identity(req, model, processing or ProcessingOptions())
 
 
 def _run(cfg, req, cond=None, model=None, model_key="fake-model"):
     cond, model = cond or FakeConditioner(), model or FakeModel()
-    tasks = plan_request(req, _inputs(req, model_key), cfg, cond)
+    tasks = plan_request(req, _inputs(req, model_key, cfg.processing), cfg, cond)
     return [edit_task(prepare_task(t, cond), model, model.identity(), cfg) for t in tasks]
 
 
@@ -240,6 +243,69 @@ def test_other_weights_a_replaced_source_or_other_parameters_recompute(cfg, tmp_
     assert rerun.source_identity == replaced.source and rerun.content_key == replaced.key
 
 
+# an other value of each output option; every one is valid (the fakes ignore pose_backend)
+OTHER_OUTPUT = {"pose_backend": "dwpose", "fit_mode": "crop", "crossfade": False, "output_scale": "model",
+                "encode_preset": "veryfast", "encode_crf": 23}
+OTHER_NON_OUTPUT = {"max_retries": 5, "compress_windows": True, "keep_windows": True}
+
+
+def test_every_processing_option_is_in_or_out_of_the_key():
+    """A new ProcessingOptions field must be placed: does it change the written windows or video?"""
+    names = {f.name for f in dataclasses.fields(ProcessingOptions)}
+    assert set(OUTPUT_OPTIONS) | set(NON_OUTPUT_OPTIONS) == names
+    assert not set(OUTPUT_OPTIONS) & set(NON_OUTPUT_OPTIONS)
+    assert set(OTHER_OUTPUT) == set(OUTPUT_OPTIONS) and set(OTHER_NON_OUTPUT) == set(NON_OUTPUT_OPTIONS)
+    defaults = ProcessingOptions()
+    assert all(getattr(defaults, k) != v for k, v in {**OTHER_OUTPUT, **OTHER_NON_OUTPUT}.items())
+
+
+def _finished(cfg, tmp_path):
+    """A request finished by ``edit_request`` in a run of ``cfg``, and the manifest that names it."""
+    (tmp_path / "src.mp4").write_bytes(b"source v1")
+    (tmp_path / "drv.mp4").write_bytes(b"driving")
+    write_manifest([{"request_id": "r1", "source": str(tmp_path / "src.mp4"), "driving": str(tmp_path / "drv.mp4"),
+                     "size": SIZE, "window": 6, "overlap": 2, "steps": 2}], str(tmp_path / "m.jsonl"))
+    man = read_manifest(str(tmp_path / "m.jsonl"), cfg.out)
+    req = man.requests[0]
+    row = edit_request(req, cfg, FakeModel(), conditioner=FakeConditioner())
+    assert row.status == "succeeded", row.error
+    return man, req, row
+
+
+def _triaged(man, cfg):
+    rows = []
+    todo = triage(man, cfg, rows.append)
+    return [t.request.request_id for t in todo], [(r.request_id, r.status) for r in rows]
+
+
+@pytest.mark.parametrize("option", OUTPUT_OPTIONS)
+def test_an_output_option_changes_the_key_and_runs_a_finished_request_again(cfg, tmp_path, option):
+    man, req, row = _finished(cfg, tmp_path)
+    assert _triaged(man, cfg) == ([], [("r1", "skipped")])
+    assert edit_request(req, cfg, FakeModel(), conditioner=FakeConditioner()).status == "skipped"
+    other = dataclasses.replace(cfg, processing=dataclasses.replace(cfg.processing, **{option: OTHER_OUTPUT[option]}))
+    ident = _inputs(req, "m", other.processing)
+    assert ident.key != row.content_key and ident.key != _inputs(req, "m", cfg.processing).key
+    assert (ident.source, ident.driving) == (row.source_identity, row.driving_identity)
+    assert skipped_row(req, ident, other) is None
+    assert {t.window_id for t in plan_request(req, ident, other, FakeConditioner())}.isdisjoint(
+        t.window_id for t in plan_request(req, _inputs(req, "m", cfg.processing), cfg, FakeConditioner()))
+    assert _triaged(man, other) == (["r1"], [])  # the driver runs it again
+    again = edit_request(req, other, FakeModel(), conditioner=FakeConditioner())  # and so does Serve's path
+    assert again.status == "succeeded" and again.content_key != row.content_key
+
+
+@pytest.mark.parametrize("option", NON_OUTPUT_OPTIONS)
+def test_a_non_output_option_keeps_the_key_and_the_finished_request(cfg, tmp_path, option):
+    man, req, row = _finished(cfg, tmp_path)
+    other = dataclasses.replace(cfg, processing=dataclasses.replace(cfg.processing,
+                                                                    **{option: OTHER_NON_OUTPUT[option]}))
+    assert _inputs(req, "m", other.processing).key == _inputs(req, "m", cfg.processing).key
+    assert _triaged(man, other) == ([], [("r1", "skipped")])
+    model = FakeModel()
+    assert edit_request(req, other, model, conditioner=FakeConditioner()).status == "skipped" and model.calls == 0
+
+
 def test_a_cached_window_that_does_not_load_or_has_the_wrong_shape_is_recomputed(cfg):
     cfg = dataclasses.replace(cfg, processing=ProcessingOptions(keep_windows=True))
     req = _request(cfg)
@@ -272,8 +338,6 @@ def test_request_ids_are_strict(cfg, rid):
 
 
 def test_a_bad_request_id_is_a_failed_row_with_a_safe_id(tmp_path):
-    from pipelines.batch.requests import read_manifest, write_manifest
-
     write_manifest([{"request_id": "../../escaped", "source": "s.mp4", "driving": "d.mp4"},
                     {"request_id": "ok.1_x-y", "source": "s.mp4", "driving": "d.mp4"}], str(tmp_path / "m.jsonl"))
     man = read_manifest(str(tmp_path / "m.jsonl"), str(tmp_path / "out"))
@@ -296,7 +360,6 @@ class SteppingModel(FakeModel):
 
 def test_cancel_stops_between_sampler_steps_and_nothing_is_written(cfg):
     from pipelines.batch.cancel import Cancelled
-    from pipelines.batch.single import edit_request
 
     flips = iter([False] * 4 + [True] * 100)  # before prepare, before edit, then true at sampler step 3
     model = SteppingModel()
