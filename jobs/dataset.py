@@ -216,13 +216,14 @@ def run_dataset(spec: DatasetSpec, day: Optional[str] = None, *, address: Option
     req_uri = storage.join(info.partition, REQUESTS_NAME)
     write_manifest(rows, req_uri)
 
-    from jobs.runtime import connect_ray, gpus_per_actor
+    from jobs.runtime import cluster_shape, connect_ray, gpus_per_actor
     from pipelines.batch.config import RunConfig
     from pipelines.batch.driver import run_pipeline
 
     connect_ray(address, num_cpus=num_cpus)
+    shape = cluster_shape()
     cfg = RunConfig.build(spec.run, manifest=req_uri, out=info.partition, results_name=RESULTS_NAME,
-                          gpus=gpus_per_actor(spec.run.gpus_per_actor))
+                          gpus=gpus_per_actor(spec.run.gpus_per_actor, shape), cluster=shape)
     summary = run_pipeline(cfg, metrics=metrics, progress=progress)
     info.ran_pipeline = True
     new_ids = set(info.new_ids)

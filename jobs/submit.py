@@ -2,7 +2,9 @@
 
 The run is submitted to a cluster's Job Submission API (``http://HEAD:8265``) with a runtime env that carries this
 project (``working_dir`` = the project root, minus ``.venv``, ``.git`` and outputs), and its entrypoint is the same
-command as a local run: ``python -m jobs.cli retarget MANIFEST --out URI --address auto ...``.
+command as a local run: ``python -m jobs.cli retarget MANIFEST --out URI --address auto ...``, after
+``python -m jobs.submit --which`` has logged which Python and which mf run it. Local paths are made absolute
+(the job runs in its own copy of the project) or refused where the cluster cannot see them (:func:`resolve_paths`).
 
 Authentication follows Ray's settings: with ``RAY_AUTH_MODE=token`` Ray's client sends the token it finds
 (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``). A token given explicitly (``--token``,
@@ -31,7 +33,10 @@ EXIT_STOPPED = 3
 EXIT_UNREACHABLE = 69  # sysexits EX_UNAVAILABLE
 EXIT_AUTH = 77  # sysexits EX_NOPERM
 TOKEN_ENV = "MF_RAY_TOKEN"
-AGENT_WAIT_S = 90.0  # how long a fresh head may take to accept jobs
+AGENT_WAIT_S = float(os.environ.get("MF_SUBMIT_AGENT_WAIT_S", "120"))  # how long a fresh head may take to accept jobs
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+# retarget options whose value is a path the cluster reads (made absolute like the manifest)
+PATH_OPTIONS = ("--model", "--weights")
 
 
 class SubmitError(RuntimeError):
@@ -118,9 +123,12 @@ class SubmitRequest:
     pip: Optional[list[str]] = None  # extra packages for the job (the image/venv normally has them)
 
     def entrypoint(self) -> str:
+        """``python -m jobs.submit --which && python -m jobs.cli retarget ...``: the job's log first says which
+        Python and which mf run it (and stops there, with the reason, when that Python lacks mf's dependencies),
+        then the run itself."""
         argv = ["python", "-m", "jobs.cli", "retarget", self.manifest, "--out", self.out, "--address", "auto",
                 "--no-progress", *self.retarget_args]
-        return " ".join(shlex.quote(a) for a in argv)
+        return "python -m jobs.submit --which && " + " ".join(shlex.quote(a) for a in argv)
 
     def runtime_env(self) -> dict:
         env = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **self.env_vars}
@@ -132,19 +140,55 @@ class SubmitRequest:
         return rt
 
 
-def _warn_local_paths(req: SubmitRequest, address: str) -> None:
-    host = address.split("://", 1)[-1].split(":", 1)[0].split("/", 1)[0]
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return
-    for what, uri in (("manifest", req.manifest), ("--out", req.out)):
-        if "://" not in uri:
-            log.warning("%s %s is a local path: the cluster at %s must see the same path (use s3://, gs://...)",
-                        what, uri, address)
+def _host(address: str) -> str:
+    rest = address.split("://", 1)[-1]
+    return rest.split("]", 1)[0] + "]" if rest.startswith("[") else rest.split(":", 1)[0].split("/", 1)[0]
+
+
+def resolve_paths(req: SubmitRequest, address: str, cwd: Optional[str] = None) -> SubmitRequest:
+    """``req`` with its local paths made absolute (the job runs in the cluster's copy of the project, not in the
+    user's folder: ``req.csv`` would be looked up there). :class:`SubmitError` (exit 2) where the cluster cannot see
+    a local path: on this machine (a loopback address) the manifest must exist; on another machine a local manifest,
+    ``--out`` or weights path is refused unless ``--shared-fs`` declares the path a mount the cluster sees too."""
+    import dataclasses
+
+    cwd = cwd or os.getcwd()
+    local_cluster = _host(address) in LOOPBACK
+    shared = "--shared-fs" in req.retarget_args
+
+    def absolute(what: str, uri: str) -> str:
+        if "://" in uri:
+            if uri.startswith("memory://"):
+                raise SubmitError(f"{what} {uri}: memory:// is private to this process; the cluster cannot read it",
+                                  2)
+            return uri
+        path = os.path.abspath(os.path.join(cwd, os.path.expanduser(uri)))
+        if not local_cluster and not shared:
+            raise SubmitError(f"{what} {uri} is a path on this machine and the cluster at {address} is another one: "
+                              "it cannot read or write it. Use s3:// or gs:// URIs, or pass --shared-fs when the "
+                              f"path {path} is a mount the cluster's nodes see at the same place", 2)
+        return path
+
+    manifest = absolute("manifest", req.manifest)
+    if "://" not in manifest and local_cluster and not os.path.exists(manifest):
+        raise SubmitError(f"manifest {req.manifest} not found (looked for {manifest})", 2)
+    out = absolute("--out", req.out)
+    args = list(req.retarget_args)
+    for i, a in enumerate(args[:-1]):
+        if a in PATH_OPTIONS:
+            args[i + 1] = absolute(a, args[i + 1])
+    if local_cluster:
+        for what, before, after in (("manifest", req.manifest, manifest), ("--out", req.out, out)):
+            if before != after:
+                log.info("%s %s is %s on the cluster", what, before, after)
+    return dataclasses.replace(req, manifest=manifest, out=out, retarget_args=args)
 
 
 def submit(client, address: str, req: SubmitRequest) -> str:
-    """Submit the run; returns the submission id."""
-    _warn_local_paths(req, address)
+    """Submit the run (local paths made absolute or refused: :func:`resolve_paths`); returns the submission id.
+    A head that has just started has no job agent yet (Ray answers "No available agent to submit job"): the
+    submission is retried for :data:`AGENT_WAIT_S` seconds."""
+    req = resolve_paths(req, address)
     kwargs = {}
     if req.entrypoint_num_cpus is not None:
         kwargs["entrypoint_num_cpus"] = req.entrypoint_num_cpus
@@ -157,10 +201,14 @@ def submit(client, address: str, req: SubmitRequest) -> str:
             break
         except Exception as exc:  # noqa: BLE001
             # a head that just started has no job agent yet: Ray answers 500 "No available agent ... try again"
-            if "No available agent" in str(exc) and time.monotonic() < deadline:
-                log.info("the cluster's job agent is not up yet; retrying")
-                time.sleep(2.0)
-                continue
+            if "No available agent" in str(exc):
+                if time.monotonic() < deadline:
+                    log.info("the cluster's job agent is not up yet; retrying")
+                    time.sleep(2.0)
+                    continue
+                raise SubmitError(f"the Ray cluster at {address} accepts no jobs yet (no job agent after "
+                                  f"{AGENT_WAIT_S:.0f} s): is its head still starting? Try again, or raise "
+                                  "$MF_SUBMIT_AGENT_WAIT_S", EXIT_UNREACHABLE) from None
             raise classify(exc, address) from None
     log.info("submitted %s to %s: %s", job_id, address, req.entrypoint())
     return job_id
@@ -247,6 +295,48 @@ def run_submit(address: Optional[str], req: SubmitRequest, *, token: Optional[st
     return rc
 
 
+# ------------------------------------------------------------------------------------------- in the job itself
+
+REQUIRED_MODULES = ("ray", "torch", "pyarrow", "fsspec", "av")
+
+
+def which(out: TextIO = sys.stdout) -> int:
+    """``python -m jobs.submit --which``, the job's first command: print which Python runs it, from where the
+    ``jobs`` package (the project copy of the job's working_dir) and its dependencies come; exit 1 with the reason
+    when that Python lacks one of :data:`REQUIRED_MODULES` (Ray was started from another Python than the project's
+    venv or image, so entrypoints run that one)."""
+    import importlib
+
+    import jobs
+
+    print(f"mf job: python {sys.executable} ({sys.version.split()[0]}), prefix {sys.prefix}", file=out)
+    print(f"mf job: mf code {Path(jobs.__file__).resolve().parent.parent}", file=out)
+    missing = []
+    for name in REQUIRED_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - absent or broken: either way this Python cannot run mf
+            mod = None
+        if mod is None or not getattr(mod, "__file__", None):  # a namespace package (a stray folder) is no module
+            missing.append(name)
+            continue
+        print(f"mf job: {name} {getattr(mod, '__version__', '')} {Path(mod.__file__).resolve().parent}", file=out)
+    out.flush()
+    if missing:
+        print(f"mf job: this Python ({sys.executable}) lacks {', '.join(missing)}: the cluster's nodes run the first "
+              "`python` on their PATH; start Ray from the project's venv (`.venv/bin/ray start ...`) or use the "
+              "image (infra/Dockerfile)", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 __all__: Sequence[str] = ["SubmitError", "SubmitRequest", "make_client", "submit", "follow", "status", "logs",
                           "stop", "list_jobs", "run_submit", "exit_code_of", "EXIT_AUTH", "EXIT_UNREACHABLE",
                           "EXIT_STOPPED"]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--which"]:
+        sys.exit(which())
+    print("usage: python -m jobs.submit --which", file=sys.stderr)
+    sys.exit(2)

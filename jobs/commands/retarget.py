@@ -183,15 +183,16 @@ def run_manifest(manifest: str, out: str, options: RunOptions, *, address: Optio
     """Connect to Ray (:func:`jobs.runtime.connect_ray`), build the run's config from ``options`` (the GPU share
     per edit actor resolved against the cluster; local paths made absolute), run it with a progress display
     and print the summary line. Exit status: 0 every request succeeded or was skipped, 2 some failed."""
-    from jobs.runtime import connect_ray, gpus_per_actor
+    from jobs.runtime import cluster_shape, connect_ray, gpus_per_actor
     from pipelines.batch.config import RunConfig
     from pipelines.batch.driver import run_pipeline
     from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
     from pipelines.media import storage
 
     connect_ray(address, num_cpus=num_cpus)
+    shape = cluster_shape()
     cfg = RunConfig.build(options, manifest=storage.absolute(manifest), out=storage.absolute(out),
-                          gpus=gpus_per_actor(options.gpus_per_actor))
+                          gpus=gpus_per_actor(options.gpus_per_actor, shape), cluster=shape)
     metrics = PipelineMetrics()
     if metrics_port is not None:
         start_metrics_server(metrics_port, metrics)

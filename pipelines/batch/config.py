@@ -2,8 +2,9 @@
 
 - :class:`ModelSpec` — which model the edit actors load (weights, preset, dtype, device) and the one rule that picks
   device and dtype from the GPUs an actor gets (:meth:`ModelSpec.for_gpus`).
-- :class:`StageResources` — the stages' pool sizes and CPU/GPU shares, and :meth:`StageResources.fit`, which shrinks
-  the CPU shares to fit a small cluster.
+- :class:`StageResources` — the stages' pool sizes and CPU/GPU/memory shares; :meth:`StageResources.for_cluster`, the
+  one rule that sizes them for a cluster (a :class:`ClusterShape`: what is up, and the node types an autoscaler can
+  add), and :meth:`StageResources.fit`, which shrinks the CPU shares to fit a fixed number of CPUs.
 - :class:`ProcessingOptions` — how windows are prepared, stitched and encoded.
 
 :class:`RunConfig` joins them with the paths of a run. Everything is a frozen dataclass: a config is shipped to the
@@ -61,9 +62,131 @@ class ModelSpec:
         return mf_model.load_model(self.weights, preset_name=self.preset, dtype=self.dtype, device=self.device)
 
 
+Resources = tuple[tuple[str, float], ...]  # Ray resource name -> amount, as a hashable, picklable tuple
+
+
+def _resources(d: Any) -> Resources:
+    return tuple(sorted((str(k), float(v)) for k, v in dict(d or {}).items()))
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A kind of node an autoscaling cluster can run: its Ray resources per node (``CPU``, ``GPU``, ``memory`` in
+    bytes, custom ones) and how many of it the autoscaler may run (``max_count`` -1: no limit)."""
+
+    name: str
+    resources: Resources = ()
+    max_count: int = 0
+    min_count: int = 0
+
+    def get(self, key: str) -> float:
+        return dict(self.resources).get(key, 0.0)
+
+    def holds(self, demand: dict[str, float]) -> bool:
+        """One node of this type can hold ``demand`` (unknown memory counts as enough: Ray fills it at start)."""
+        have = dict(self.resources)
+        return all(v <= 0 or (k == "memory" and k not in have) or have.get(k, 0.0) >= v for k, v in demand.items())
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """The Ray cluster a run is sized for: what is up now (``nodes``, ``resources`` as ``ray.cluster_resources()``
+    reports them) and whether an autoscaler can add nodes; where its node types are known (the autoscaler's config:
+    ``ray up``'s ``available_node_types``, Ray's own cluster config in the GCS), ``node_types`` lists them.
+
+    A static cluster (a local Ray, a ``ray start`` cluster without an autoscaler) has ``autoscaling`` False: what is
+    up is all there will be. Built by ``jobs.runtime.cluster_shape`` from the connected Ray, or by hand in tests."""
+
+    nodes: int = 1
+    resources: Resources = ()
+    autoscaling: bool = False
+    node_types: tuple[NodeType, ...] = ()  # empty: not known (an autoscaling cluster whose config mf cannot read)
+    source: str = "static"  # where the shape came from (logged)
+
+    @classmethod
+    def static(cls, nodes: int, cpus: float, gpus: float = 0.0, **resources: float) -> ClusterShape:
+        """A cluster of ``nodes`` nodes that stays as it is."""
+        return cls(nodes=max(1, int(nodes)), resources=_resources({"CPU": cpus, "GPU": gpus, **resources}))
+
+    @classmethod
+    def from_autoscaler_config(cls, config: dict, *, nodes: int = 1, resources: Optional[dict] = None,
+                               source: str = "autoscaler config") -> ClusterShape:
+        """The shape of a cluster whose autoscaler runs ``config`` (a cluster-launcher config as ``ray up`` writes
+        it to the head: ``available_node_types`` with ``resources``, ``min_workers``/``max_workers``, the
+        ``head_node_type`` and a global ``max_workers``)."""
+        types = config.get("available_node_types") or {}
+        head = config.get("head_node_type")
+        cap = int(config.get("max_workers", -1) if config.get("max_workers") is not None else -1)
+        out = []
+        for name, spec in types.items():
+            spec = spec or {}
+            if name == head:
+                lo = hi = 1
+            else:
+                lo = int(spec.get("min_workers", 0) or 0)
+                hi = int(spec.get("max_workers", cap) if spec.get("max_workers") is not None else cap)
+                if cap >= 0:
+                    hi = min(hi, cap) if hi >= 0 else cap
+            out.append(NodeType(name=str(name), resources=_resources(spec.get("resources")), max_count=hi,
+                                min_count=lo))
+        grows = any(t.max_count != t.min_count for t in out if t.name != head)
+        return cls(nodes=max(1, int(nodes)), resources=_resources(resources), autoscaling=grows,
+                   node_types=tuple(out), source=source)
+
+    def now(self, key: str) -> float:
+        return dict(self.resources).get(key, 0.0)
+
+    def most(self, key: str) -> float:
+        """The most of resource ``key`` the cluster can have: what is up on a static cluster; on an autoscaling
+        one, its node types at their maximum counts (``inf`` when a count is unlimited or the types are unknown)."""
+        if not self.autoscaling:
+            return self.now(key)
+        if not self.node_types:
+            return math.inf
+        total = 0.0
+        for t in self.node_types:
+            if t.get(key) > 0 and t.max_count < 0:
+                return math.inf
+            total += max(t.max_count, 0) * t.get(key)
+        return max(total, self.now(key))
+
+    def can_have(self, key: str) -> Optional[bool]:
+        """Whether the cluster has or can get resource ``key``: None when it autoscales with node types unknown."""
+        if self.now(key) > 0:
+            return True
+        if not self.autoscaling:
+            return False
+        if not self.node_types:
+            return None
+        return any(t.get(key) > 0 and t.max_count != 0 for t in self.node_types)
+
+    @property
+    def multi_node(self) -> bool:
+        """More than one node now, or possibly later (an autoscaler that can add nodes)."""
+        return self.nodes > 1 or self.autoscaling
+
+    def gpus_per_actor(self, requested: Optional[float]) -> float:
+        """The GPUs each edit actor asks for: ``requested`` as given; else 1 when the cluster has GPUs or a node type
+        it can add has them (the autoscaler then adds a GPU node for each actor), else 0 (the model on the CPU; also
+        where an autoscaling cluster's node types are unknown: pass ``--gpus-per-actor`` there)."""
+        if requested is not None:
+            return float(requested)
+        return 1.0 if self.can_have("GPU") else 0.0
+
+    def describe(self) -> str:
+        if not self.autoscaling:
+            return f"static, {self.nodes} node(s), {self.now('CPU'):g} CPU, {self.now('GPU'):g} GPU"
+        if not self.node_types:
+            return f"autoscaling ({self.source}), node types unknown; up now: {self.nodes} node(s)"
+        kinds = ", ".join(f"{t.name} {t.min_count}..{'inf' if t.max_count < 0 else t.max_count} x "
+                          f"{t.get('CPU'):g} CPU/{t.get('GPU'):g} GPU" for t in self.node_types)
+        return f"autoscaling ({self.source}): {kinds}"
+
+
 @dataclass(frozen=True)
 class StageResources:
-    """Pool sizes and per-task/per-actor shares of the stages (see :mod:`pipelines.batch.ray_stages`)."""
+    """Pool sizes and per-task/per-actor shares of the stages (see :mod:`pipelines.batch.ray_stages`); the defaults
+    are what the work needs (:meth:`for_cluster` sizes them for a cluster)."""
 
     actors: int = 1  # edit actors (fixed pool)
     gpus_per_actor: float = 0.0
@@ -80,6 +203,63 @@ class StageResources:
     # custom Ray resources each actor asks for, e.g. (("edit_node", 1.0),): pins a pool to the nodes that have them
     edit_resources: tuple[tuple[str, float], ...] = ()
     prepare_resources: tuple[tuple[str, float], ...] = ()
+
+    def demands(self) -> dict[str, dict[str, float]]:
+        """What one worker of each stage asks Ray for: ``{"edit": {...}, "prepare": {...}, "plan": ..., "stitch":
+        ...}`` in Ray's resource names (memory in bytes)."""
+        return {"edit": {"CPU": self.cpus_per_actor, "GPU": self.gpus_per_actor, **dict(self.edit_resources)},
+                "prepare": {"CPU": self.prepare_cpus, "memory": float(self.prepare_memory),
+                            **dict(self.prepare_resources)},
+                "plan": {"CPU": self.plan_cpus, "memory": float(self.plan_memory)},
+                "stitch": {"CPU": self.stitch_cpus}}
+
+    def for_cluster(self, shape: ClusterShape) -> StageResources:
+        """The resources this run asks for on ``shape``: the one rule that sizes the stages for a cluster.
+
+        - **Static cluster** (a local Ray: ``mf retarget`` or ``mf demo`` on a laptop; a cluster with no autoscaler):
+          what is up is all there will be, so the CPU shares are fitted to its CPUs (:meth:`fit`: both pools plus
+          one plan and one stitch task at once).
+        - **Autoscaling cluster**: the run asks for what its work needs, the shares as given (defaults: 1 CPU per
+          edit and per prepare actor, 0.5 per plan task, 1 per stitch task, :attr:`plan_memory` per plan task and
+          :attr:`prepare_memory` per prepare actor, ``gpus_per_actor`` GPUs per edit actor), and the autoscaler adds
+          the nodes for them; nothing is sized from what happens to be up at the start (a head with ``CPU: 0`` and
+          worker groups at zero). Where the node types are known, the shares are fitted only to what the cluster can
+          grow to: the CPUs of every node type at its maximum count (:meth:`fit`), and each share to the largest
+          node type that could hold its worker (an edit actor's CPU on a GPU node type). ``ValueError`` when no node
+          type can ever hold an edit or a prepare actor: such a run would wait forever for a node nobody starts.
+          Where the node types are unknown, the shares are kept as asked.
+
+        The GPU share itself is decided before (:meth:`ClusterShape.gpus_per_actor`: the model's device and dtype
+        follow from it) and is never changed here; with ``auto_fit`` off nothing is.
+        """
+        if not self.auto_fit:
+            return self
+        if not shape.autoscaling:
+            return self.fit(shape.now("CPU"))
+        if not shape.node_types:
+            log.info("autoscaling cluster, node types unknown: stages ask for edit %g CPU/%g GPU, prepare %g CPU, "
+                     "plan %g CPU, stitch %g CPU", self.cpus_per_actor, self.gpus_per_actor, self.prepare_cpus,
+                     self.plan_cpus, self.stitch_cpus)
+            return self
+        fitted = self
+        need = self.demands()
+        for stage, cpu_field in (("edit", "cpus_per_actor"), ("prepare", "prepare_cpus"), ("plan", "plan_cpus"),
+                                 ("stitch", "stitch_cpus")):
+            others = {k: v for k, v in need[stage].items() if k != "CPU"}
+            able = [t for t in shape.node_types if t.max_count != 0 and t.holds(others)]
+            if not able:
+                if stage in ("edit", "prepare"):
+                    raise ValueError(f"no node type of this cluster can hold a {stage} actor ({_demand(others)}): "
+                                     f"{shape.describe()}; change the run's resources or the cluster's node types")
+                continue
+            largest = max(t.get("CPU") for t in able)
+            if largest > 0 and getattr(fitted, cpu_field) > largest:
+                fitted = dataclasses.replace(fitted, **{cpu_field: largest})
+        fitted = fitted.fit(shape.most("CPU")) if math.isfinite(shape.most("CPU")) else fitted
+        log.info("autoscaling cluster (%s): edit actors %g CPU/%g GPU, prepare actors %g CPU, plan/stitch tasks "
+                 "%g/%g CPU", shape.describe(), fitted.cpus_per_actor, fitted.gpus_per_actor, fitted.prepare_cpus,
+                 fitted.plan_cpus, fitted.stitch_cpus)
+        return fitted
 
     def fit(self, cluster_cpus: float) -> StageResources:
         """CPU shares that fit the cluster: both actor pools plus one plan and one stitch task must fit at once.
@@ -114,6 +294,11 @@ class StageResources:
                 "plan_cpus": self.plan_cpus, "stitch_cpus": self.stitch_cpus, "gpus_per_actor": self.gpus_per_actor}
 
 
+def _demand(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v / 2**30:.2g} GiB" if k == "memory" else f"{k} {v:g}" for k, v in d.items() if v > 0) \
+        or "nothing"
+
+
 @dataclass(frozen=True)
 class ProcessingOptions:
     """How windows are prepared, retried, stitched and encoded."""
@@ -141,6 +326,8 @@ class RunConfig:
     results_name: str = "results.parquet"
     run_id: str = ""  # set per run by the driver (scopes the window attempt counters)
     shared_fs: bool = False  # a local-path --out is a mount every node of a multi-node cluster sees
+    # the cluster as the caller read it (jobs.runtime.cluster_shape); None: for_cluster's numbers (a static cluster)
+    cluster: Optional[ClusterShape] = None
 
     @classmethod
     def build(cls, options: Optional[RunOptions] = None, *, manifest: str, out: str, gpus: Optional[float] = None,
@@ -166,19 +353,23 @@ class RunConfig:
                                          keep_windows=o.keep_windows),
             shared_fs=o.shared_fs, **fields)
 
-    def for_cluster(self, nodes: int, cpus: float) -> RunConfig:
-        """This config as the Ray stages run it on a cluster of ``nodes`` live nodes and ``cpus`` CPUs: the stage
-        resources fitted to it (:meth:`StageResources.fit`). ``ValueError`` when the stages' processes could not
-        all write ``out``: ``memory://`` (private to one process), or a local path on a multi-node cluster unless
-        ``shared_fs`` declares it a mount every node sees."""
+    def for_cluster(self, shape: ClusterShape) -> RunConfig:
+        """This config as the Ray stages run it on the cluster ``shape``: the stage resources sized for it
+        (:meth:`StageResources.for_cluster`), and the shape recorded.
+
+        ``ValueError`` when the stages' processes could not all write ``out``: ``memory://`` (private to one
+        process), or a local path on a cluster that has or can get more than one node (an autoscaler adding workers
+        counts) unless ``shared_fs`` declares it a mount every node sees."""
         if storage.protocol_of(self.out) == "memory":
             raise ValueError("memory:// is private to one process and Ray stages run in others: use a shared "
                              "filesystem (local path, s3://, gs://) for --out, or pipelines.batch.single.edit_request")
-        if nodes > 1 and storage.is_local(self.out) and not self.shared_fs:
-            raise ValueError(f"--out {self.out} is a local path and the Ray cluster has {nodes} nodes, whose workers "
+        if shape.multi_node and storage.is_local(self.out) and not self.shared_fs:
+            nodes = (f"has {shape.nodes} nodes" if shape.nodes > 1 else
+                     "autoscales (its autoscaler adds worker nodes)")
+            raise ValueError(f"--out {self.out} is a local path and the Ray cluster {nodes}, whose workers "
                              "would each write to their own disk: use s3:// or gs://, or declare a mount every node "
                              "sees with --shared-fs")
-        return dataclasses.replace(self, resources=self.resources.fit(cpus))
+        return dataclasses.replace(self, resources=self.resources.for_cluster(shape), cluster=shape)
 
     @property
     def results_uri(self) -> str:
@@ -203,10 +394,10 @@ class RunOptions:
     preset: str = ModelSpec.preset  # one of mf_model.config.PRESETS
     dtype: Optional[str] = None  # one of mf_model.config.DTYPES; None: fp16 on GPU, fp32 on CPU (for_gpus)
     # the stages (StageResources)
-    gpus_per_actor: Optional[float] = None  # None: the caller's rule (jobs.runtime: 1 when the cluster has GPUs)
+    gpus_per_actor: Optional[float] = None  # None: ClusterShape.gpus_per_actor (1 when the cluster has or can get GPUs)
     actors: int = StageResources.actors
     prepare_actors: int = StageResources.prepare_actors
-    cpus_per_actor: float = StageResources.cpus_per_actor  # shrunk to fit a small cluster (StageResources.fit)
+    cpus_per_actor: float = StageResources.cpus_per_actor  # fitted to the cluster (StageResources.for_cluster)
     prepare_cpus: float = StageResources.prepare_cpus  # likewise
     edit_resources: tuple[tuple[str, float], ...] = StageResources.edit_resources
     prepare_resources: tuple[tuple[str, float], ...] = StageResources.prepare_resources

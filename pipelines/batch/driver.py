@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pipelines.batch.collector import Progress, RequestCollector
-from pipelines.batch.config import RunConfig
+from pipelines.batch.config import ClusterShape, RunConfig
 from pipelines.batch.finish import result_row, skipped_row
 from pipelines.batch.identity import model_key, request_identities
 from pipelines.batch.metrics import PipelineMetrics
@@ -92,11 +92,14 @@ def _stream(cfg: RunConfig, todo: list[RequestRow], edit_stage: type[EditStage])
 
 
 def _prepare_config(cfg: RunConfig) -> RunConfig:
-    """``cfg`` checked and fitted for the connected cluster (:meth:`RunConfig.for_cluster`), with this run's id."""
+    """``cfg`` checked and fitted for the connected cluster (:meth:`RunConfig.for_cluster`), with this run's id.
+    The cluster's shape is the one the caller found (``cfg.cluster``: :func:`jobs.runtime.cluster_shape`, which knows
+    whether an autoscaler can grow it), else the connected cluster as it is now, taken as static."""
     import ray
 
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    cfg = cfg.for_cluster(nodes, float(ray.cluster_resources().get("CPU", 1.0)))
+    shape = cfg.cluster or ClusterShape.static(sum(1 for n in ray.nodes() if n.get("Alive")),
+                                               float(ray.cluster_resources().get("CPU", 1.0)))
+    cfg = cfg.for_cluster(shape)
     return dataclasses.replace(cfg, run_id=cfg.run_id or uuid.uuid4().hex[:12])
 
 

@@ -23,6 +23,7 @@ YAML_FILES = sorted([*INFRA.rglob("*.yaml"), *INFRA.rglob("*.yml"), REPO / "ray_
 JSON_FILES = sorted(INFRA.rglob("*.json"))
 KUBERAY = {"rayjob.yaml": "RayJob", "raycronjob.yaml": "RayCronJob", "rayservice.yaml": "RayService"}
 IMAGE_REPO = "ghcr.io/motionfollower/motionfollower-ray"
+VENV_BIN = "/opt/venv/bin/"  # the image's venv (infra/Dockerfile)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -70,13 +71,13 @@ def project_version() -> str:
     return m.group(1)
 
 
-def lock_pins() -> dict[str, str]:
-    """``{name: version}`` of requirements.lock (extras dropped, names lower-case)."""
+def lock_pins(path: Path | None = None) -> dict[str, str]:
+    """``{name: version}`` of a lock (default requirements.lock): extras dropped, names normalised (PEP 503)."""
     pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==(\S+)", line.strip())
+    for line in (path or REPO / "requirements.lock").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^\s;\\]+)", line.strip())
         if m:
-            pins[m.group(1).lower()] = m.group(3)
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(3)
     return pins
 
 
@@ -107,6 +108,8 @@ def check_command(cmd: str, where: str):
     an `mf` command (the real parser: SystemExit on an argument it rejects)."""
     argv = shlex.split(cmd)
     assert argv, f"{where}: empty command"
+    if argv[0].startswith(VENV_BIN) and argv[0][len(VENV_BIN):] in ("mf", "python"):
+        argv[0] = argv[0][len(VENV_BIN):]  # the image's venv named by path (ray_cluster.yaml's login shells)
     if argv[0] == "mf" or argv[:3] == ["python", "-m", "jobs.cli"]:
         rest = argv[1:] if argv[0] == "mf" else argv[3:]
         if rest and rest[0] in ("--help", "-h"):
@@ -251,9 +254,10 @@ def test_ray_cluster_yaml():
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert "ray start" in " ".join(doc[key]), f"ray_cluster.yaml: {key}"
     assert "--head" in " ".join(doc["head_start_ray_commands"])
-    for cmd in doc["setup_commands"]:
-        if cmd.startswith("mf "):
-            check_command(cmd.split(">")[0], "ray_cluster.yaml: setup_commands")
+    mf_cmds = [c for c in doc["setup_commands"] if c.startswith(("mf ", VENV_BIN + "mf "))]
+    assert mf_cmds, "ray_cluster.yaml: no setup command checks the image's mf"
+    for cmd in mf_cmds:
+        check_command(cmd.split(">")[0], "ray_cluster.yaml: setup_commands")
 
 
 def test_images_are_one_pinned_tag():
@@ -267,7 +271,8 @@ def test_images_are_one_pinned_tag():
 def test_dockerfile_installs_the_project():
     text = (INFRA / "Dockerfile").read_text()
     assert re.search(r"^FROM \S+:\S+", text, re.M) and not re.search(r"^FROM \S+:latest\b", text, re.M)
-    assert "requirements.lock" in text and "pip install --no-cache-dir --no-deps -e ." in text and "ffmpeg" in text
+    assert "infra/image/requirements.lock" in text and "ffmpeg" in text
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation -e ." in text
     for src in re.findall(r"^COPY (\S+) ", text, re.M):
         assert (REPO / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
 

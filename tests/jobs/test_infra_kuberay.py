@@ -514,3 +514,125 @@ def test_prometheus_discovers_the_kuberay_pods(name: str, kept: set):
     other = {k: v for k, v in targets[0].items() if not k.startswith("__meta_kubernetes_pod_label_app_kubernetes_io")}
     other["__meta_kubernetes_pod_label_app_kubernetes_io_name"] = "kuberay"
     assert relabel(other, jobs["mf-kubernetes"]["relabel_configs"]) is None
+
+
+# -- credentials, upgrades, the public route, GPU placement, catch-up ticks (issue 29) -------------------------------
+def _pods(doc: dict) -> list[tuple[str, dict]]:
+    return [(gname, g["template"]["spec"]) for gname, g in groups(cluster_spec(doc))]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_pod_has_its_credentials_or_does_not_start(name: str):
+    """mf-s3 is required (a pod without it stays in CreateContainerConfigError, `secret "mf-s3" not found`), every
+    pod runs as the service account mf-ray (IRSA / pod identity can be bound to it ahead), and an init container
+    checks the run's storage before Ray starts."""
+    sa = load(INFRA / "kuberay" / "serviceaccount.yaml")
+    assert sa["kind"] == "ServiceAccount" and sa["metadata"]["name"] == "mf-ray"
+    image = cluster_spec(kuberay_manifest(name))["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    for gname, pod in _pods(kuberay_manifest(name)):
+        assert pod.get("serviceAccountName") == "mf-ray", f"{name} {gname}: no serviceAccountName"
+        for c in pod["containers"] + pod.get("initContainers", []):
+            refs = [e["secretRef"] for e in c.get("envFrom", []) if "secretRef" in e]
+            assert {"name": "mf-s3"} in refs, f"{name} {gname}/{c['name']}: mf-s3 not required: {refs}"
+        (init,) = [c for c in pod.get("initContainers", []) if c["name"] == "check-storage"]
+        assert init["image"] == image
+        assert init["command"] == ["/opt/venv/bin/python", "-m", "jobs.runtime", "check-storage"]
+        assert init["args"] and all(re.match(r"s3://mf-data/", a) for a in init["args"]), init["args"]
+        res = init["resources"]
+        assert res["requests"]["memory"] == res["limits"]["memory"]
+
+
+def test_the_storage_check_covers_what_the_run_uses():
+    args = check_command(entrypoint(kuberay_manifest("rayjob.yaml")), "rayjob.yaml")
+    for _, pod in _pods(kuberay_manifest("rayjob.yaml")):
+        (init,) = pod["initContainers"]
+        assert {args.manifest, args.out, args.weights} <= set(init["args"])
+    (app,) = yaml.safe_load(kuberay_manifest("rayservice.yaml")["spec"]["serveConfigV2"])["applications"]
+    for _, pod in _pods(kuberay_manifest("rayservice.yaml")):
+        (init,) = pod["initContainers"]
+        assert {app["args"]["root"], app["args"]["weights"], *app["args"]["allowed_prefixes"]} <= set(init["args"])
+
+
+def test_the_init_check_is_the_runtime_cli():
+    from jobs.runtime import main
+
+    with pytest.raises(SystemExit):
+        main(["check-storage"])  # URIs are required
+    assert main(["check-storage", str(REPO)]) == 0
+
+
+def test_rayservice_sets_no_deprecated_field_and_its_upgrade_strategy():
+    spec = kuberay_manifest("rayservice.yaml")["spec"]
+    for field in ("serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"):
+        assert field not in spec, f"rayservice.yaml sets {field}, deprecated and unused since KubeRay v1.1"
+    assert spec["upgradeStrategy"] == {"type": "NewCluster"}
+    text = (INFRA / "kuberay" / "rayservice.yaml").read_text()
+    assert "twice the GPUs" in text and "type: None" in text
+    assert "twice the GPUs" in (REPO / "docs" / "cluster.md").read_text()
+
+
+def test_the_public_route_has_no_metrics():
+    """KubeRay's serve Service answers every path, /metrics (no token) included: the Ingress routes only the API."""
+    ing = load(INFRA / "kuberay" / "ingress.yaml")
+    assert ing["kind"] == "Ingress" and ing["apiVersion"] == "networking.k8s.io/v1"
+    svc = kuberay_manifest("rayservice.yaml")["metadata"]["name"] + "-serve-svc"  # GenerateServeServiceName
+    paths = [p for r in ing["spec"]["rules"] for p in r["http"]["paths"]]
+    assert paths and all(p["backend"]["service"]["name"] == svc for p in paths)
+
+    def routed(url: str) -> bool:
+        return any(url == p["path"] if p["pathType"] == "Exact" else
+                   url.startswith(p["path"].rstrip("/") + "/") or url == p["path"].rstrip("/") for p in paths)
+
+    assert routed("/v1/edits") and routed("/v1/edits/abc/video") and routed("/healthz")
+    assert not routed("/metrics") and not routed("/") and not routed("/-/routes")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gpu_pods_land_on_gpus_the_image_supports(name: str):
+    """CUDA 13 wheels dropped compute capability < 7.5 (V100 and older); the model needs ~26 GiB: GPU groups
+    require GPU feature discovery's labels for compute >= 8 and >= 30 GiB."""
+    for g in gpu_groups(cluster_spec(kuberay_manifest(name))):
+        terms = g["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        exprs = {e["key"]: e for t in terms["nodeSelectorTerms"] for e in t["matchExpressions"]}
+        major, mem = exprs["nvidia.com/gpu.compute.major"], exprs["nvidia.com/gpu.memory"]
+        assert major["operator"] == "Gt" and int(major["values"][0]) >= 7
+        assert mem["operator"] == "Gt" and int(mem["values"][0]) >= 30000
+
+
+def test_raycronjob_runs_take_the_date_of_their_tick(monkeypatch):
+    """KubeRay names a tick's RayJob <cronjob>-<minutes of the tick>; the entrypoint's --date comes from it."""
+    from jobs.runtime import cron_tick_date
+
+    doc = kuberay_manifest("raycronjob.yaml")
+    args = check_command(entrypoint(doc), "raycronjob.yaml")
+    name = doc["metadata"]["name"]
+    assert args.date == f"$(python -m jobs.runtime cron-tick-date {name})"
+    tick = 29360000  # 2025-10-27T21:20Z in minutes, as getTimeHashInMinutes writes it
+    assert cron_tick_date(name, f"{name}-{tick}-ab1cd")[0] == "2025-10-27"
+    assert cron_tick_date(name, f"{name}-{tick}")[0] == "2025-10-27"
+    assert cron_tick_date(name, f"{name}-{tick + 1440}-zz9zz")[0] == "2025-10-28"
+    assert cron_tick_date(name, "other-29360000-ab1cd")[1].startswith("today")
+    monkeypatch.setenv("RAY_JOB_SUBMISSION_ID", f"{name}-{tick}-q1w2e")  # the submitter pod's variable
+    monkeypatch.delenv("RAY_CLUSTER_NAME", raising=False)
+    assert cron_tick_date(name)[0] == "2025-10-27"
+    import subprocess
+    import sys
+
+    out = subprocess.run(["bash", "-c", f'echo "$(python -m jobs.runtime cron-tick-date {name})"'], cwd=REPO,
+                         capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(REPO),
+                              "RAY_JOB_SUBMISSION_ID": f"{name}-{tick}-q1w2e"})
+    assert out.stdout.strip() == "2025-10-27", out.stderr
+
+
+def test_the_operator_values_turn_the_raycronjob_gate_on():
+    values = load(INFRA / "kuberay" / "kuberay-values.yaml")
+    gates = {g["name"]: g["enabled"] for g in values["featureGates"]}
+    assert gates.get("RayCronJob") is True
+
+
+def test_the_dashboards_pool_size_is_a_setting():
+    """A Grafana `constant` variable is hidden whatever `hide` says: the edit-actor count must be settable."""
+    dash = load(INFRA / "grafana" / "motionfollower.json")
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "edit_actors"]
+    assert var["type"] == "textbox" and var.get("hide", 0) == 0 and var["query"] == "1"

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.jobs.test_infra import REPO, check_command, load, lock_pins
+from tests.jobs.test_infra import REPO, VENV_BIN, check_command, load, lock_pins
 
 CONFIG = REPO / "ray_cluster.yaml"
 TOKEN_PATH = "~/.ray/auth_token"  # where Ray's token auth looks without RAY_AUTH_TOKEN(_PATH)
@@ -126,7 +126,7 @@ def test_image_and_gpus():
     assert not any("--gpus" in o for o in docker["run_options"]), "the CPU head asks for GPUs"
     assert any("torch.cuda.is_available()" in c for c in config["worker_setup_commands"])
     for cmd in config["setup_commands"]:
-        if cmd.startswith("mf "):
+        if cmd.startswith(("mf ", VENV_BIN + "mf ")):
             check_command(cmd.split(">")[0], "ray_cluster.yaml: setup_commands")
 
 
@@ -136,3 +136,76 @@ def test_the_image_has_what_the_launcher_runs():
     text = (REPO / "infra" / "Dockerfile").read_text()
     for pkg in ("rsync", "openssh-client"):
         assert re.search(rf"^\s+{re.escape(pkg)}=", text, re.M), f"the image does not install {pkg}"
+
+
+# -- credentials of the nodes that touch storage --------------------------------------------------------------------
+AWS = REPO / "infra" / "aws"
+
+
+def _profile_name(node_type: dict) -> str:
+    profile = node_type["node_config"].get("IamInstanceProfile") or {}
+    return profile.get("Name") or profile.get("Arn", "").rsplit("/", 1)[-1]
+
+
+def test_every_node_type_gets_storage_credentials():
+    """Ray's AWS provider gives only the head a (default) instance profile; the head has CPU: 0, so every prepare,
+    edit and stitch reads and writes s3:// from a worker: each worker type names its own profile, the head names one
+    that may pass it (without one, Ray's default head role has no iam:PassRole and cannot launch the workers)."""
+    config = load(CONFIG)
+    types = config["available_node_types"]
+    head = config["head_node_type"]
+    names = {n: _profile_name(t) for n, t in types.items()}
+    assert all(names.values()), f"node types without an IamInstanceProfile: {[n for n, v in names.items() if not v]}"
+    workers = {names[n] for n in types if n != head}
+    assert names[head] not in workers, "the head's profile (EC2 + PassRole) is given to the workers"
+    script = (AWS / "create-iam.sh").read_text()
+    for name in {names[head], *workers}:
+        assert re.search(rf"^role {re.escape(name)}$", script, re.M), f"infra/aws/create-iam.sh does not create {name}"
+    passrole = json.loads((AWS / "pass-worker-role.json").read_text())
+    passed = {s["Resource"].rsplit("/", 1)[-1] for s in passrole["Statement"] if s["Action"] == "iam:PassRole"}
+    assert workers <= passed, f"the head may not pass {workers - passed}"
+    s3 = json.loads((AWS / "s3-access.json").read_text())
+    actions = {a for s in s3["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
+    for name in workers:
+        assert re.search(rf"--role-name {name} --policy-name \S+ --policy-document file://s3-access\.json", script)
+    trust = json.loads((AWS / "ec2-trust.json").read_text())
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def test_rays_bootstrap_keeps_the_configured_head_profile():
+    """With the head's IamInstanceProfile set, Ray's AWS bootstrap makes no default role (no AWS call) and launches
+    each node type with its own profile."""
+    from ray.autoscaler._private.aws.config import _configure_iam_role
+
+    config = _prepared()
+    before = copy.deepcopy(config["available_node_types"])
+    out = _configure_iam_role(config)
+    assert out["available_node_types"] == before
+    assert "IamInstanceProfile" not in out.get("head_node", {})
+
+
+# -- Prometheus service discovery on the head host ------------------------------------------------------------------
+def test_rays_service_discovery_file_is_on_the_host():
+    """Ray writes /tmp/ray/session_*/prom_metrics_service_discovery.json and keeps /tmp/ray/<that name> pointing at it
+    (ray._private.metrics_agent); infra/prometheus.yml's `ray` job reads it on the head host: the container's
+    /tmp/ray must be the host's /tmp/ray (the same path, so the link resolves there too) and belong to the image's
+    user before the container starts."""
+    from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
+    from ray.autoscaler._private.docker import docker_start_cmds
+
+    config = _prepared()
+    docker = config["docker"]
+    for extra in (docker.get("head_run_options", []), docker.get("worker_run_options", [])):
+        cmd = docker_start_cmds("ubuntu", docker["image"], config["file_mounts"], docker["container_name"],
+                                docker["run_options"] + (extra or []), config["cluster_name"], "/home/ray", "docker")
+        assert "-v /tmp/ray:/tmp/ray " in cmd + " " and "--net=host" in cmd, cmd
+    assert any(re.search(r"chown 1000:1000 /tmp/ray\b", c) for c in config["initialization_commands"])
+    uid = re.findall(r"^USER (\d+)", (REPO / "infra" / "Dockerfile").read_text(), re.M)[-1]
+    assert uid == "1000"
+    prom = load(REPO / "infra" / "prometheus.yml")
+    (ray_job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "ray"]
+    files = [f for sd in ray_job["file_sd_configs"] for f in sd["files"]]
+    assert files == [f"/tmp/ray/{PROMETHEUS_SERVICE_DISCOVERY_FILE}"], files
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert "--metrics-export-port=8080" in config[key][-1], key

