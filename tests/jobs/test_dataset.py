@@ -31,7 +31,7 @@ from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
 from pipelines.batch.requests import read_raw_rows
 from pipelines.batch.results import read_results
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
-from tests.jobs.test_infra import dashboard_metric_names
+from tests.infra.test_infra import dashboard_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
 

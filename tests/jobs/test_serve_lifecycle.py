@@ -174,7 +174,7 @@ def test_a_find_orphans_without_a_server(tmp_path):
 
 
 def _api_object(root: str):
-    """A real EditAPI replica object (its class's own __init__, without Serve), as tests/jobs/test_infra_tools.py
+    """A real EditAPI replica object (its class's own __init__, without Serve), as tests/infra/test_infra_tools.py
     builds one: no event loop, so no lease keeper."""
     import inspect
 

@@ -1,7 +1,7 @@
 """The KubeRay resources of infra/kuberay/ checked the way a cluster checks them, offline.
 
 - The API server: each resource against the CRD's OpenAPI schema of the KubeRay version docs/operations.md names
-  (tests/jobs/schemas/kuberay-<tag>.yaml, vendored from the KubeRay release), with unknown fields rejected as a
+  (tests/infra/schemas/kuberay-<tag>.yaml, vendored from the KubeRay release), with unknown fields rejected as a
   strict field validation (`kubectl apply`, the default) rejects them, the list-type rules (a map list's keys unique)
   and no field that carries a CEL rule this test cannot evaluate.
 - The operator: the checks of KubeRay's ray-operator/controllers/ray/utils/validation.go (v1.7.0) the resources can
@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.jobs.test_infra import (
+from tests.infra.test_infra import (
     INFRA,
     KUBERAY,
     REPO,

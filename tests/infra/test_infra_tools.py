@@ -23,7 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from pipelines.batch.metrics import STAGES, PipelineMetrics
 from pipelines.batch.results import STATUSES
-from tests.jobs.test_infra import INFRA, REPO, dashboard_exprs, exposed_names, load, lock_pins, need_tool
+from tests.infra.test_infra import INFRA, REPO, dashboard_exprs, exposed_names, load, lock_pins, need_tool
 
 DOCKERFILE = INFRA / "Dockerfile"
 # the CUDA of torch's PyPI Linux wheel, by version (its Requires-Dist: torch 2.13.0 -> cuda-toolkit==13.0.3,

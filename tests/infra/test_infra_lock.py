@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.test_infra import INFRA, REPO, in_ci, lock_pins
+from tests.infra.test_infra import INFRA, REPO, in_ci, lock_pins
 
 CPU_LOCK = REPO / "requirements.lock"
 IMAGE_LOCK = INFRA / "image" / "requirements.lock"

@@ -13,7 +13,7 @@ from pipelines.batch.retry import attempt_counter, bounded_attempt
 from pipelines.batch.stages import plan_request
 from pipelines.batch.tasks import TASK_SCHEMA, RequestRow, requests_table, tasks_from_table, tasks_to_table
 from pipelines.media import storage
-from tests.pipelines.test_stages import FakeConditioner, FakeModel, _inputs, _request
+from tests.pipelines.batch.test_stages import FakeConditioner, FakeModel, _inputs, _request
 
 RES = StageResources(actors=3, gpus_per_actor=0.5, cpus_per_actor=2.0, prepare_actors=2, prepare_cpus=1.5,
                      plan_cpus=0.25, plan_memory=123, prepare_memory=456, edit_resources=(("edit_node", 1.0),))

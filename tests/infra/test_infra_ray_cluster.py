@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.jobs.test_infra import REPO, VENV_BIN, check_command, load, lock_pins
+from tests.infra.test_infra import REPO, VENV_BIN, check_command, load, lock_pins
 
 CONFIG = REPO / "ray_cluster.yaml"
 TOKEN_PATH = "~/.ray/auth_token"  # where Ray's token auth looks without RAY_AUTH_TOKEN(_PATH)

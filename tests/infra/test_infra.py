@@ -1,5 +1,5 @@
 """Every YAML/JSON under infra/ and ray_cluster.yaml parses, and the entry points they name exist; helpers shared by
-the stricter checks of tests/jobs/test_infra_*.py (KubeRay CRD schemas, the Ray cluster launcher, hadolint,
+the stricter checks of tests/infra/test_infra_*.py (KubeRay CRD schemas, the Ray cluster launcher, hadolint,
 promtool, metric names)."""
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from pipelines.batch.requests import read_manifest, write_manifest
 from pipelines.batch.results import read_results
 from pipelines.media import storage
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FPS = "30000/1001"
 FRAMES = 12
 PARAMS = {"steps": 2, "size": 96, "window": 8, "overlap": 4, "seed": 7}

@@ -15,7 +15,7 @@ from pipelines.batch.requests import write_manifest
 from pipelines.batch.results import read_results
 from tests.jobs.media_helpers import TINY_EDIT, write_clip
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_two_node_cluster_pins_stages_by_custom_resources(fixture_cases, tmp_path):
@@ -31,7 +31,7 @@ def test_two_node_cluster_pins_stages_by_custom_resources(fixture_cases, tmp_pat
     out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    run = subprocess.run([sys.executable, str(REPO / "tests" / "pipelines" / "multinode_job.py"),
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "pipelines" / "batch" / "multinode_job.py"),
                           str(tmp_path / "in" / "requests.jsonl"), str(out)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]

@@ -9,7 +9,7 @@ as uid 1000) and then sources /etc/profile.d/*.sh. So the test:
   `docker exec` would run inside the container: the ``/bin/bash -c ...`` part, as uid 1000, with the container's
   environment (the Dockerfile's ``ENV PATH`` and ``HOME``);
 - in a private mount namespace (``unshare -m``, root only; nothing outside the namespace changes), where
-  /etc/profile is Debian 12's stock file (vendored in tests/jobs/schemas/debian12-etc-profile), /etc/profile.d holds
+  /etc/profile is Debian 12's stock file (vendored in tests/infra/schemas/debian12-etc-profile), /etc/profile.d holds
   only what the image puts there (infra/image/mf-venv.sh) and /opt/venv is this test's venv (with a recording stub for
   ``ray`` so ``ray stop``/``ray start`` start nothing);
 - checks the venv's tools are found by the login shell, that the setup commands pass (``mf --help``, the PATH
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.test_infra import INFRA, REPO, in_ci, load
+from tests.infra.test_infra import INFRA, REPO, in_ci, load
 
 DOCKERFILE = INFRA / "Dockerfile"
 SNIPPET = INFRA / "image" / "mf-venv.sh"

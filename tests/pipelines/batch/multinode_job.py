@@ -1,4 +1,4 @@
-"""Run by tests/pipelines/test_multinode.py in its own process: a two-node Ray cluster on this machine
+"""Run by tests/pipelines/batch/test_multinode.py in its own process: a two-node Ray cluster on this machine
 (``ray.cluster_utils.Cluster``), the edit actors pinned to one node and the prepare actors to the other through
 custom resources. Prints one JSON line: the node of each resource, the run's summary and the refusal of a local
 ``--out`` without ``shared_fs``."""
