@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
-from pipelines.batch.config import RunOptions
+from pipelines.batch.config import RunConfig, RunOptions
 from pipelines.batch.requests import COLUMNS, parse_row
 from pipelines.media import storage
 
@@ -159,7 +159,8 @@ def parse_spec(doc: Any, uri: str = "<spec>") -> DatasetSpec:
         raise DatasetSpecError(f"{uri}: field 'run': unknown options {extra} (known: {list(RUN_KEYS)})")
     try:
         run_opts = RunOptions(**run)
-    except TypeError as exc:
+        RunConfig.build(run_opts, manifest="", out="")  # the values checked now, not when the run starts
+    except (TypeError, ValueError) as exc:
         raise DatasetSpecError(f"{uri}: field 'run': {exc}") from None
     for key in ("actors", "prepare_actors"):
         _int(f"{uri}: field 'run.{key}'", getattr(run_opts, key), 1)

@@ -8,6 +8,9 @@ Public API::
     model = load_model("/models/motionfollower", dtype="fp16", device="cuda")   # or load_model() → tiny preset
     result = model.edit(EditWindow(...), EditOptions(steps=50, guidance_scale=3.5, camera=False))
     result.frames  # (F, H, W, 3) uint8
+    # fused long-video mode: each group of overlapping windows (frame_indices = their global spans) in lockstep
+    for group in fusion_groups(len(windows)):
+        results = model.edit_fused([windows[k] for k in group], EditOptions(fusion="fused"))
 
 Names resolve lazily (as in diffusers): ``from mf_model.window import EditOptions`` or ``MAX_WINDOW_FRAMES`` costs no
 torch import, so the pipeline's manifests and planning can use the model's own defaults and limits.
@@ -22,8 +25,10 @@ _EXPORTS = {
     "mf_model.loading": ("CoverageReport", "WeightsError"),
     "mf_model.model": ("MotionFollower", "load_model", "parse_dtype"),
     "mf_model.noise": ("ArrayNoise", "FrameIndexedNoise", "NoiseProvider", "SequentialNoise"),
-    "mf_model.window": ("FAST_OVERLAP", "FAST_STEPS", "FAST_WINDOW_FRAMES", "MAX_WINDOW_FRAMES", "EditOptions",
-                        "EditResult", "EditWindow", "WindowError"),
+    "mf_model.window": ("FAST_OVERLAP", "FAST_STEPS", "FAST_WINDOW_FRAMES", "FUSED_GROUP_WINDOWS", "FUSION_MODES",
+                        "MAX_WINDOW_FRAMES", "EditOptions", "EditResult", "EditWindow", "WindowError"),
+    "mf_model.fused": ("LatentFuser",),
+    "mf_model.fusion_plan": ("fusion_groups", "ramp_weights", "window_spans"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -45,6 +50,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from mf_model.config import PRESETS, ModelConfig, preset  # noqa: F401
+    from mf_model.fused import LatentFuser  # noqa: F401
+    from mf_model.fusion_plan import fusion_groups, ramp_weights, window_spans  # noqa: F401
     from mf_model.loading import CoverageReport, WeightsError  # noqa: F401
     from mf_model.model import MotionFollower, load_model, parse_dtype  # noqa: F401
     from mf_model.noise import ArrayNoise, FrameIndexedNoise, NoiseProvider, SequentialNoise  # noqa: F401
@@ -52,6 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         FAST_OVERLAP,
         FAST_STEPS,
         FAST_WINDOW_FRAMES,
+        FUSED_GROUP_WINDOWS,
+        FUSION_MODES,
         MAX_WINDOW_FRAMES,
         EditOptions,
         EditResult,

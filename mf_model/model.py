@@ -5,14 +5,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mf_model import loading
+from mf_model import fused, loading
 from mf_model.config import (
     DEFAULT_PRESET,
     DTYPES,
@@ -26,11 +26,11 @@ from mf_model.controllers import PoseGuider
 from mf_model.guidance import GuidanceWeights
 from mf_model.host_memory import release_host_memory
 from mf_model.image_encoder import ClipImageEncoder
+from mf_model.init_weights import fill_random, randomize_zero_inits
 from mf_model.layers import UNRUN_SUFFIXES, drop_unrun_projections
 from mf_model.noise import FrameIndexedNoise, NoiseProvider
 from mf_model.sampler import Conditions, Tap, TwoBranchSampler
 from mf_model.schedule import Schedule
-from mf_model.transformer import PositionalEncoding
 from mf_model.unet import UNet3DConditionModel
 from mf_model.vae_decoder import VaeDecoder
 from mf_model.window import EditOptions, EditResult, EditWindow
@@ -78,15 +78,6 @@ def _pose_guider_config(sd: dict) -> PoseGuiderConfig:
                                 conditioning_channels=sd["conv_in.weight"].shape[1], block_out_channels=tuple(chans))
     except KeyError as exc:
         raise loading.WeightsError(f"pose guider checkpoint lacks {exc}") from exc
-
-
-def _randomize_zero_inits(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Zero-initialised output layers (motion-module ``proj_out``, PoCtr ``conv_out``) get small random values so
-    random-weight models exercise every path."""
-    for name, p in module.named_parameters():
-        if (name.endswith("proj_out.weight") and "temporal_transformer" in name) or name == "conv_out.weight":
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p[0].numel()) ** 0.5))
 
 
 class MotionFollower:
@@ -148,13 +139,13 @@ class MotionFollower:
             torch.manual_seed(seed)
             gen = torch.Generator().manual_seed(seed)
             unet = UNet3DConditionModel(config.unet)
-            _randomize_zero_inits(unet, gen)
+            randomize_zero_inits(unet, gen)
             est = None
             if estimator == "official":
                 est = UNet3DConditionModel(config.unet)
-                _randomize_zero_inits(est, gen)
+                randomize_zero_inits(est, gen)
             pg = PoseGuider(**vars(config.pose_guider))
-            _randomize_zero_inits(pg, gen)
+            randomize_zero_inits(pg, gen)
             vae = VaeDecoder(config.vae)
             clip = ClipImageEncoder(config.image_encoder)
         model = cls(config, unet, pg, vae, clip, est, weights_id=_random_id(config, seed))
@@ -173,18 +164,7 @@ class MotionFollower:
                     u = UNet3DConditionModel(config.unet)
                 drop_unrun_projections(u)
                 u = u.to_empty(device=device).to(dtype)
-            with torch.no_grad():
-                for name, p in u.named_parameters():
-                    if p.ndim >= 2:
-                        fan_in = p[0].numel()
-                        p.normal_(0.0, 1.0 / fan_in ** 0.5, generator=gen)
-                    elif "norm" in name and name.endswith("weight"):
-                        p.fill_(1.0)
-                    else:
-                        p.zero_()
-                for m in u.modules():
-                    if isinstance(m, PositionalEncoding):
-                        m.pe.copy_(PositionalEncoding(m.pe.shape[-1], m.pe.shape[1]).pe.to(device, dtype))
+            fill_random(u, gen)
             return u
 
         unet = unet_on_device()
@@ -192,7 +172,7 @@ class MotionFollower:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pg = PoseGuider(**vars(config.pose_guider))
-            _randomize_zero_inits(pg, torch.Generator().manual_seed(seed))
+            randomize_zero_inits(pg, torch.Generator().manual_seed(seed))
             vae = VaeDecoder(config.vae)
             clip = ClipImageEncoder(config.image_encoder)
         model = cls(config, unet, pg, vae, clip, est, weights_id=_random_id(config, seed))
@@ -371,9 +351,25 @@ class MotionFollower:
         x, x_rec = sampler.run(cond, noise, lockstep=lockstep, progress=progress)
         if tap is not None:
             tap("final_latents", -1, (x, x_rec))
+        return self.result(x, x_rec, options, reconstruction, {k: list(v) for k, v in sampler.timings.items()},
+                           start)
+
+    def edit_fused(self, windows: Sequence[EditWindow], options: EditOptions = EditOptions(),
+                   weights: Optional[Sequence[Sequence[float]]] = None,
+                   noises: Optional[Sequence[NoiseProvider]] = None, reconstruction: bool = False,
+                   progress: Optional[Callable[[int, int], None]] = None,
+                   tap: Optional[Tap] = None) -> list[EditResult]:
+        """Edit one group of overlapping windows (``frame_indices`` = global spans) in lockstep, fusing the
+        shared frames' latents after every step: one result per window, in order (contracts: mf_model.fused)."""
+        return fused.edit_fused(self, windows, options, weights=weights, noises=noises,
+                                reconstruction=reconstruction, progress=progress, tap=tap)
+
+    def result(self, x: torch.Tensor, x_rec: torch.Tensor, options: EditOptions, reconstruction: bool,
+               timings: dict, start: float) -> EditResult:
+        """The ``EditResult`` of final latents: decoded when ``options.decode``, latents in ``info``."""
         result = EditResult(frames=np.empty((0,)), seconds=0.0,
                             info={"latents": x.float().cpu(), "reconstruction_latents": x_rec.float().cpu(),
-                                  "timings": {k: list(v) for k, v in sampler.timings.items()}})
+                                  "timings": timings})
         if options.decode:
             result.frames = _to_uint8(self.decode(x))
             if reconstruction:

@@ -4,6 +4,10 @@ Editing step i needs only the reconstruction latent that entered step i and (cam
 up-block K/V of step i. Lockstep runs reconstruction step i, then editing step i, then drops step i's state, so
 memory is O(one step) and the result equals running the branches one after the other (``lockstep=False`` does
 that, keeping every step's latents and K/V, for verification).
+
+Step-wise: ``start(c, noise) -> SamplerState``, ``step(state)`` (one lockstep step of both branches),
+``finish(state)``; ``run`` is exactly these three, so windows can also advance side by side and have their latents
+fused between steps (:mod:`mf_model.fused`).
 """
 from __future__ import annotations
 
@@ -42,6 +46,20 @@ class Conditions:
     source_masks: torch.Tensor  # (F, 1, H, W) {0,1}
     target_masks: torch.Tensor  # (F, 1, H, W) {0,1}
     latent_shape: tuple[int, int, int, int, int]
+
+
+@dataclass
+class SamplerState:
+    """One window between two steps of :meth:`TwoBranchSampler.step`: its conditions, noise, guidance masks and the
+    latents (edit, reconstruction) that enter step ``i``."""
+
+    c: Conditions
+    noise: NoiseProvider
+    masks: GuidanceMasks
+    x: torch.Tensor  # (1, 4, F, h, w) editing-branch latent entering step i
+    x_rec: torch.Tensor  # (1, 4, F, h, w) reconstruction latent entering step i
+    checkpointing: bool  # activation checkpointing of the estimator in this window's guidance
+    i: int = 0
 
 
 def available_device_bytes(device: torch.device) -> int:
@@ -186,11 +204,10 @@ class TwoBranchSampler:
                  free / 2**30, "on" if use else "off")
         return use
 
-    # -- the whole run ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def run(self, c: Conditions, noise: NoiseProvider, lockstep: bool = True,
-            progress: Optional[Callable[[int, int], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (edited latents, reconstruction latents), both (1, 4, F, h, w)."""
+    # -- step-wise API: several windows can advance in lockstep (mf_model.fused) ----------------------------------
+    def start(self, c: Conditions, noise: NoiseProvider) -> SamplerState:
+        """The state before step 0: the initial latent (both branches start from it), the guidance masks and the
+        activation-checkpointing decision of this window."""
         dtype, device = c.clip.dtype, c.clip.device
         x_t = noise.initial(c.latent_shape, dtype, device)
         self.tap("initial_noise", -1, x_t)
@@ -199,36 +216,66 @@ class TwoBranchSampler:
             if frames:
                 log.warning("mask region %r is empty in frames %s: those frames' %r guidance terms are skipped",
                             region, frames, region)
-        steps = self.sched.steps
-        cam = lambda i: (KVBank(c.source_masks, c.target_masks)  # noqa: E731
-                         if self.camera and self.sched.plan.camera(i) else None)
-        x_rec, x = x_t, x_t
-        self.estimator.gradient_checkpointing = self.use_checkpointing(c.latent_shape)
+        checkpointing = self.use_checkpointing(c.latent_shape)
+        self.estimator.gradient_checkpointing = checkpointing
         if not x_t.is_cuda:
             reuse_freed_blocks()  # large CPU tensors reuse freed heap blocks within a phase (host_memory)
+        return SamplerState(c=c, noise=noise, masks=masks, x=x_t, x_rec=x_t, checkpointing=checkpointing)
+
+    def _bank(self, c: Conditions, i: int) -> Optional[KVBank]:
+        return KVBank(c.source_masks, c.target_masks) if self.camera and self.sched.plan.camera(i) else None
+
+    @torch.no_grad()
+    def step(self, state: SamplerState) -> SamplerState:
+        """Advance ``state`` by one denoising step (step ``state.i``): reconstruction step i, then editing step i,
+        then step i's K/V and features are dropped. Only ``state`` is read and written (nothing of one window's
+        step stays in the sampler), so windows may be stepped in any order and their latents edited between
+        steps."""
+        i = state.i
+        if i >= self.sched.steps:
+            raise ValueError(f"state already ran all {self.sched.steps} steps")
+        self.estimator.gradient_checkpointing = state.checkpointing
+        bank = self._bank(state.c, i)
+        self.tap("rec_latent", i, state.x_rec)
+        x_rec_next = self._rec_step(i, state.x_rec, state.c, bank, capture=self.share_rec_features)
+        if bank is not None:
+            self.tap("kv", i, bank)
+        x = self._edit_step(i, state.x, state.x_rec, state.c, state.masks, bank, state.noise)
+        self.tap("edit_latent", i, x)
+        state.x, state.x_rec, state.i, self._rec_feats = x, x_rec_next, i + 1, None
+        return state
+
+    def finish(self, state: SamplerState) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edited latents, reconstruction latents), both (1, 4, F, h, w), of a state that ran every step."""
+        if state.i != self.sched.steps:
+            raise ValueError(f"state ran {state.i} of {self.sched.steps} steps")
+        return state.x, state.x_rec
+
+    # -- the whole run ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, c: Conditions, noise: NoiseProvider, lockstep: bool = True,
+            progress: Optional[Callable[[int, int], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (edited latents, reconstruction latents), both (1, 4, F, h, w): ``start``, every ``step``,
+        ``finish``."""
+        state = self.start(c, noise)
+        steps = self.sched.steps
         if lockstep:
             for i in range(steps):
-                bank = cam(i)
-                self.tap("rec_latent", i, x_rec)
-                x_rec_next = self._rec_step(i, x_rec, c, bank, capture=self.share_rec_features)
-                if bank is not None:
-                    self.tap("kv", i, bank)
-                x = self._edit_step(i, x, x_rec, c, masks, bank, noise)
-                self.tap("edit_latent", i, x)
-                x_rec, self._rec_feats = x_rec_next, None
+                self.step(state)
                 if progress:
                     progress(i + 1, steps)
-            return x, x_rec
+            return self.finish(state)
         # sequential: the whole reconstruction first (the official order), then the editing branch
         rec_latents, banks = [], []
+        x_rec, x = state.x_rec, state.x
         for i in range(steps):
-            bank = cam(i)
+            bank = self._bank(c, i)
             rec_latents.append(x_rec)
             self.tap("rec_latent", i, x_rec)
             x_rec = self._rec_step(i, x_rec, c, bank)
             banks.append(bank)
         for i in range(steps):
-            x = self._edit_step(i, x, rec_latents[i], c, masks, banks[i], noise)
+            x = self._edit_step(i, x, rec_latents[i], c, state.masks, banks[i], noise)
             self.tap("edit_latent", i, x)
             if progress:
                 progress(i + 1, steps)

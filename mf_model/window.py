@@ -12,6 +12,13 @@ MAX_WINDOW_FRAMES = 32  # rows of the motion modules' temporal position encoding
 # plan scaled (schedule.StepPlan), windows of 32 frames overlapping by 8 (24 new frames per window instead of 16).
 # benchmarks/window_flops.py --steps 25 --frames 32 counts it.
 FAST_STEPS, FAST_WINDOW_FRAMES, FAST_OVERLAP = 25, 32, 8
+# How a request's overlapping windows are joined: "crossfade" edits each window alone and blends the overlaps in
+# pixels; "fused" steps the windows of a group in lockstep and fuses the shared frames' latents after every step
+# (mf_model.fused; better consistency is the expected effect with real weights, not measured without them).
+FUSION_MODES = ("crossfade", "fused")
+# At most this many windows are fused together (their conditions all stay on the device, mf_model.fused_memory);
+# a longer request is split into groups (mf_model.fusion_plan.fusion_groups) that are crossfaded like windows.
+FUSED_GROUP_WINDOWS = 8
 
 
 class WindowError(ValueError):
@@ -37,6 +44,13 @@ class EditOptions:
     # activation checkpointing of the estimator during guidance (less memory, one more estimator forward per
     # guidance call): None decides from free device memory on CUDA and leaves it off on the CPU
     guidance_checkpointing: Optional[bool] = None
+    # one of FUSION_MODES: read by the caller that plans a request's windows (edit() edits one window either way;
+    # "fused" requests go through MotionFollower.edit_fused, group by group)
+    fusion: str = "crossfade"
+
+    def __post_init__(self):
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
 
     @classmethod
     def fast(cls, **overrides) -> EditOptions:

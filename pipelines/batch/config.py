@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from mf_model.config import DEFAULT_PRESET, DTYPES
-from pipelines.conditioning.poses.registry import DEFAULT_BACKEND
+from pipelines.conditioning.poses.registry import BACKENDS, DEFAULT_BACKEND
 from pipelines.media import storage
+from pipelines.media.geometry import DEFAULT_FIT_MODE, FIT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class ProcessingOptions:
     """How windows are prepared, retried, stitched and encoded."""
 
     pose_backend: str = DEFAULT_BACKEND  # one of pipelines.conditioning.poses.registry.BACKENDS
-    fit_mode: str = "pad"
+    fit_mode: str = DEFAULT_FIT_MODE  # one of pipelines.media.geometry.FIT_MODES
     max_retries: int = 2  # extra attempts of a window whose edit actor died (system failures only)
     crossfade: bool = True
     output_scale: str = "source"  # of OUTPUT_SCALES: "source": edit upscaled to the source resolution; "model"
@@ -312,6 +313,15 @@ class ProcessingOptions:
     keep_windows: bool = False  # keep <out>/windows/<request_id>/ after the request's video is committed
     encode_preset: str = "medium"
     encode_crf: int = 18
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("pose_backend", self.pose_backend, BACKENDS),
+                                     ("fit_mode", self.fit_mode, FIT_MODES),
+                                     ("output_scale", self.output_scale, OUTPUT_SCALES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, not {self.max_retries}")
 
 
 @dataclass(frozen=True)

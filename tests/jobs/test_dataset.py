@@ -30,8 +30,8 @@ from jobs.dataset import (
 from pipelines.batch.metrics import PipelineMetrics, start_metrics_server
 from pipelines.batch.requests import read_raw_rows
 from pipelines.batch.results import read_results
-from tests.jobs.media_helpers import TINY_EDIT, write_clip
 from tests.infra.test_infra import dashboard_metric_names
+from tests.jobs.media_helpers import TINY_EDIT, write_clip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,10 @@ def test_spec_errors_name_file_and_field(tmp_path):
     cases = [({"pairing": {"rule": "some"}}, "pairing.rule"), ({"pairing": {"rule": "random"}}, "pairing.k"),
              ({"edit": {"steps": 0}}, "edit"), ({"edit": {"colour": 1}}, "unknown parameters"),
              ({"schedule": "every day"}, "schedule"), ({"output": None}, "'output' is required"),
-             ({"bogus": 1}, "unknown fields"), ({"run": {"gpus": 2}}, "run"), ({"sources": 3}, "sources")]
+             ({"bogus": 1}, "unknown fields"), ({"run": {"gpus": 2}}, "run"), ({"sources": 3}, "sources"),
+             ({"run": {"pose_backend": "openpose"}}, "pose_backend must be one of"),
+             ({"run": {"max_retries": -1}}, "max_retries must be >= 0"),
+             ({"run": {"dtype": "fp8"}}, "dtype must be one of")]
     for over, needle in cases:
         p = _spec(tmp_path, **over)
         with pytest.raises(DatasetSpecError, match=re.escape(needle)) as ei:
