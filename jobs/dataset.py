@@ -204,8 +204,12 @@ def plan_run(spec: DatasetSpec, day: Optional[str] = None) -> tuple[DatasetRun, 
 
 
 def run_dataset(spec: DatasetSpec, day: Optional[str] = None, *, address: Optional[str] = None,
-                num_cpus: Optional[int] = None, metrics=None, progress: Optional[Callable] = None) -> DatasetRun:
-    """Generate the pairs not produced yet into ``run_date=<day>/`` (a no-op, without Ray, when none are new)."""
+                num_cpus: Optional[int] = None, metrics=None, progress: Optional[Callable] = None,
+                preflight: bool = True) -> DatasetRun:
+    """Generate the pairs not produced yet into ``run_date=<day>/`` (a no-op, without Ray, when none are new).
+    Before the pipeline, a worker checks the partition's requests and a sample of their inputs can be read and the
+    partition written (:func:`jobs.preflight.preflight`, unless ``preflight`` is off): ``PreflightError`` (a
+    ``RuntimeError`` naming the URI and the error) with nothing run."""
     t0 = time.perf_counter()
     info, rows = plan_run(spec, day)
     log.info("dataset %s, %s: %d pairs, %d produced already, %d new", spec.name, info.date, info.pairs_total,
@@ -224,6 +228,10 @@ def run_dataset(spec: DatasetSpec, day: Optional[str] = None, *, address: Option
     shape = cluster_shape()
     cfg = RunConfig.build(spec.run, manifest=req_uri, out=info.partition, results_name=RESULTS_NAME,
                           gpus=gpus_per_actor(spec.run.gpus_per_actor, shape), cluster=shape)
+    if preflight:
+        from jobs.preflight import preflight as check_run
+
+        check_run(cfg, shape)
     summary = run_pipeline(cfg, metrics=metrics, progress=progress)
     info.ran_pipeline = True
     new_ids = set(info.new_ids)

@@ -1,7 +1,8 @@
 """Runtime setup, in one place: which Ray cluster to use, what it can grow to (:func:`cluster_shape`, for
 :meth:`pipelines.batch.config.StageResources.for_cluster`), how many GPUs a model actor asks for
 (:func:`gpus_per_actor`), and two checks the deployment files run (``python -m jobs.runtime check-storage`` in the
-KubeRay pods' init containers, ``python -m jobs.runtime cron-tick-date`` in the RayCronJob's entrypoint).
+KubeRay pods' init containers, ``python -m jobs.runtime cron-tick-date`` in the RayCronJob's entrypoint). The storage
+check (:func:`check_access`) is also what the run pre-flight (:mod:`jobs.preflight`) runs on a worker.
 
 Every entry point (``mf retarget``, ``mf dataset``, ``mf serve``, ``mf demo``, the benchmarks) calls
 :func:`connect_ray`; nothing else calls ``ray.init``. The device/dtype rule lives in
@@ -35,6 +36,7 @@ import posixpath
 import re
 import secrets
 import sys
+from collections.abc import Sequence
 from typing import Any, Optional
 
 log = logging.getLogger(__name__)
@@ -323,34 +325,35 @@ def s3_credentials_problem() -> Optional[str]:
 def check_storage(uris: list[str], *, timeout_s: float = 60.0) -> list[str]:
     """Problems reaching each URI as this process would (``[]``: all fine): for ``s3://`` first the credentials,
     then a listing of the URI (a folder or prefix) or of its parent, each within ``timeout_s``."""
+    return check_access(listed=uris, timeout_s=timeout_s)
+
+
+def check_access(*, listed: Sequence[str] = (), read: Sequence[str] = (), write: Sequence[str] = (),
+                 timeout_s: float = 60.0) -> list[str]:
+    """Problems using storage as this process would (``[]``: all fine), one line each naming the URI and the error:
+    for ``s3://`` first the credential chain (:func:`s3_credentials_problem`), then, in parallel, each within
+    ``timeout_s``: ``listed`` folders or prefixes listed (one not written yet counts where its nearest existing
+    ancestor lists), ``read`` files opened and their first byte read, and under each ``write`` folder a probe file
+    written atomically and removed (:func:`pipelines.media.storage.check_writable`). The one storage check of
+    ``python -m jobs.runtime check-storage`` and of the run pre-flight (:mod:`jobs.preflight`)."""
     import concurrent.futures
 
     from pipelines.media import storage
 
-    problems = []
-    if any(storage.protocol_of(u) in ("s3", "s3a") for u in uris):
+    probes = ([(u, "list", _probe_list) for u in listed] + [(u, "read", _probe_read) for u in read]
+              + [(u, "write", storage.check_writable) for u in write])
+    if not probes:
+        return []
+    if any(storage.protocol_of(u) in ("s3", "s3a") for u, _, _ in probes):
         why = s3_credentials_problem()
         if why:
             return [f"s3: {why}: {CREDENTIALS_HINT}"]
-
-    def probe(uri: str) -> None:
-        """List ``uri``; a folder or prefix not written yet (an output root) is fine where its nearest existing
-        ancestor lists (on S3, at the latest the bucket)."""
-        fs, path = storage.open_fs(uri)
-        while True:
-            try:
-                fs.ls(path, detail=False)
-                return
-            except FileNotFoundError:
-                up = posixpath.dirname(path.rstrip("/"))
-                if not up or up == path.rstrip("/"):
-                    raise
-                path = up
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(uris)))
+    verbs = {"list": "cannot list it", "read": "cannot read it", "write": "cannot write a file under it"}
+    problems = []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(probes)))
     try:
-        futures = {u: pool.submit(probe, u) for u in uris}
-        for uri, fut in futures.items():
+        futures = [(u, kind, pool.submit(fn, u)) for u, kind, fn in probes]
+        for uri, kind, fut in futures:
             try:
                 fut.result(timeout=timeout_s)
             except concurrent.futures.TimeoutError:
@@ -358,10 +361,37 @@ def check_storage(uris: list[str], *, timeout_s: float = 60.0) -> list[str]:
             except Exception as exc:  # noqa: BLE001 - reported, one line each
                 first = (str(exc).strip().splitlines() or [""])[0][:300]
                 hint = f": {CREDENTIALS_HINT}" if storage.protocol_of(uri) in ("s3", "s3a") else ""
-                problems.append(f"{uri}: cannot list it: {type(exc).__name__}: {first}{hint}")
+                problems.append(f"{uri}: {verbs[kind]}: {type(exc).__name__}: {first}{hint}")
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return problems
+
+
+def _probe_list(uri: str) -> None:
+    """List ``uri``; a folder or prefix not written yet (an output root) is fine where its nearest existing ancestor
+    lists (on S3, at the latest the bucket)."""
+    from pipelines.media import storage
+
+    fs, path = storage.open_fs(uri)
+    while True:
+        try:
+            fs.ls(path, detail=False)
+            return
+        except FileNotFoundError:
+            up = posixpath.dirname(path.rstrip("/"))
+            if not up or up == path.rstrip("/"):
+                raise
+            path = up
+
+
+def _probe_read(uri: str) -> None:
+    """Open the file ``uri`` and read its first byte (on S3 a HEAD and a ranged GET: the object's read permission,
+    not just the bucket's listing)."""
+    from pipelines.media import storage
+
+    fs, path = storage.open_fs(uri)
+    with fs.open(path, "rb") as f:
+        f.read(1)
 
 
 def cron_tick_date(cronjob: str, cluster_name: Optional[str] = None, now=None) -> tuple[str, str]:

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(r)
     r.add_argument("--date", default=None, help="partition date YYYY-MM-DD (default: today, UTC)")
     r.add_argument("--dry-run", action="store_true", help="only list how many pairs are new")
+    r.add_argument("--no-preflight", action="store_true",
+                   help="skip the check, from a worker, that the inputs can be read and the output written")
     r.set_defaults(func=run)
 
     s = dsub.add_parser("schedule", help="run the spec on its cron schedule on this machine until stopped")
@@ -54,6 +56,7 @@ def _report(res) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jobs.dataset import load_spec, plan_run, run_dataset
+    from jobs.preflight import PreflightError
 
     spec = load_spec(args.spec)
     if args.dry_run:
@@ -61,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"dataset run {info.date}: {info.pairs_total} pairs, {info.already_produced} produced, "
               f"{info.new_pairs} new | {info.partition}")
         return 0
-    res = run_dataset(spec, args.date, address=args.address, num_cpus=args.num_cpus, metrics=_metrics(args))
+    try:
+        res = run_dataset(spec, args.date, address=args.address, num_cpus=args.num_cpus, metrics=_metrics(args),
+                          preflight=not args.no_preflight)
+    except PreflightError as exc:
+        log.error("%s", exc)
+        return 2
     _report(res)
     return 0 if res.failed == 0 else 2
 

@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray started here (default: all)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the pre-flight (a worker reads a sample of the inputs and writes a probe under --out "
+                        "before any work starts; see jobs/preflight.py)")
     add_run_options(p)
     p.set_defaults(func=run)
 
@@ -175,14 +178,20 @@ def _width(stream) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     return run_manifest(args.manifest, args.out, run_options(args), address=args.address, num_cpus=args.num_cpus,
-                        metrics_port=args.metrics_port, progress=not args.no_progress)
+                        metrics_port=args.metrics_port, progress=not args.no_progress,
+                        preflight=not getattr(args, "no_preflight", False))
 
 
 def run_manifest(manifest: str, out: str, options: RunOptions, *, address: Optional[str] = None,
-                 num_cpus: Optional[int] = None, metrics_port: Optional[int] = None, progress: bool = True) -> int:
+                 num_cpus: Optional[int] = None, metrics_port: Optional[int] = None, progress: bool = True,
+                 preflight: bool = True) -> int:
     """Connect to Ray (:func:`jobs.runtime.connect_ray`), build the run's config from ``options`` (the GPU share
-    per edit actor resolved against the cluster; local paths made absolute), run it with a progress display
-    and print the summary line. Exit status: 0 every request succeeded or was skipped, 2 some failed."""
+    per edit actor resolved against the cluster; local paths made absolute), check from a worker that the run's
+    storage works there (:func:`jobs.preflight.preflight`, unless ``preflight`` is off), run it with a progress
+    display and print the summary line. Exit status: 0 every request succeeded or was skipped, 2 some failed or the
+    pre-flight found a problem (reported, nothing run)."""
+    from jobs.preflight import PreflightError
+    from jobs.preflight import preflight as check_run
     from jobs.runtime import cluster_shape, connect_ray, gpus_per_actor
     from pipelines.batch.config import RunConfig
     from pipelines.batch.driver import run_pipeline
@@ -193,6 +202,12 @@ def run_manifest(manifest: str, out: str, options: RunOptions, *, address: Optio
     shape = cluster_shape()
     cfg = RunConfig.build(options, manifest=storage.absolute(manifest), out=storage.absolute(out),
                           gpus=gpus_per_actor(options.gpus_per_actor, shape), cluster=shape)
+    if preflight:
+        try:
+            check_run(cfg, shape)
+        except PreflightError as exc:
+            log.error("%s", exc)
+            return 2
     metrics = PipelineMetrics()
     if metrics_port is not None:
         start_metrics_server(metrics_port, metrics)

@@ -204,6 +204,16 @@ class StageResources:
     # custom Ray resources each actor asks for, e.g. (("edit_node", 1.0),): pins a pool to the nodes that have them
     edit_resources: tuple[tuple[str, float], ...] = ()
     prepare_resources: tuple[tuple[str, float], ...] = ()
+    # the actor pools grow from 1 to their sizes (Ray Data's autoscaling pools) instead of starting at their sizes:
+    # set by for_cluster on an autoscaling cluster (see there)
+    autoscale: bool = False
+
+    def pool(self, size: int) -> tuple[int, int, int]:
+        """``(min, initial, max)`` actors of a pool of ``size`` actors: ``(1, size, size)`` with :attr:`autoscale`
+        (all of it asked for at the start, so the autoscaler brings up the nodes for the whole pool at once; Ray Data
+        may shrink it to 1 when it idles and grow it back), else fixed ``(size, size, size)``."""
+        size = max(1, int(size))
+        return (1 if self.autoscale else size, size, size)
 
     def demands(self) -> dict[str, dict[str, float]]:
         """What one worker of each stage asks Ray for: ``{"edit": {...}, "prepare": {...}, "plan": ..., "stitch":
@@ -230,6 +240,13 @@ class StageResources:
           type can ever hold an edit or a prepare actor: such a run would wait forever for a node nobody starts.
           Where the node types are unknown, the shares are kept as asked.
 
+        On an autoscaling cluster the actor pools autoscale too (:attr:`autoscale`, :meth:`pool`): Ray Data's
+        autoscaling pools from 1 to ``actors`` / ``prepare_actors``, started at their full size (the autoscaler
+        brings up the nodes of the pool the run asked for at once: starting at 1, Ray Data grows a pool only when
+        its utilization passes 1.75, which a short run never does, and measured on the fake-provider cluster it then
+        brought up 1 of 2 edit nodes), shrinking while it idles (upstream starved, a long tail: the autoscaler can
+        take the idle nodes back) and growing back while work queues; on a static cluster the pools are fixed.
+
         The GPU share itself is decided before (:meth:`ClusterShape.gpus_per_actor`: the model's device and dtype
         follow from it) and is never changed here; with ``auto_fit`` off nothing is.
         """
@@ -237,6 +254,9 @@ class StageResources:
             return self
         if not shape.autoscaling:
             return self.fit(shape.now("CPU"))
+        return dataclasses.replace(self._fit_autoscaling(shape), autoscale=True)
+
+    def _fit_autoscaling(self, shape: ClusterShape) -> StageResources:
         if not shape.node_types:
             log.info("autoscaling cluster, node types unknown: stages ask for edit %g CPU/%g GPU, prepare %g CPU, "
                      "plan %g CPU, stitch %g CPU", self.cpus_per_actor, self.gpus_per_actor, self.prepare_cpus,

@@ -5,7 +5,9 @@ A stage is a small :class:`Stage` subclass (the stages are in :mod:`pipelines.ba
 - ``row_type`` — the dataclass its input rows are: :class:`~pipelines.batch.tasks.WindowTask` (the default) or, for
   plan, :class:`~pipelines.batch.tasks.RequestRow`. Its output rows are always window tasks (``TASK_SCHEMA``).
 - ``workers()`` — what each of its workers asks Ray for (:class:`Workers`, from ``cfg.resources``): CPUs, GPUs,
-  memory, custom resources, and a fixed actor pool of ``actors`` actors, or a Ray task per batch (``actors=None``).
+  memory, custom resources, and an actor pool of ``actors`` actors (fixed on a static cluster; on an autoscaling one
+  a Ray Data autoscaling pool from 1 to ``actors``, started at ``actors``: :meth:`Stage.pool_size`), or a Ray task
+  per batch (``actors=None``).
 - ``setup()`` — its per-worker state (a model, a conditioner, the node id). It runs where the stage runs: once per
   actor, when Ray Data starts the actor (before its first batch: a model loads before the pool counts as up), or once
   per batch for a task stage — never on the driver, which builds a stage only to read its resources and wire it.
@@ -37,7 +39,9 @@ class Workers:
     num_gpus: float = 0.0
     memory: Optional[int] = None  # bytes (for the scheduler and an autoscaler); None: not declared
     resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources, e.g. (("edit_node", 1.0),)
-    actors: Optional[int] = None  # a fixed pool of this many actors; None: a Ray task per batch
+    actors: Optional[int] = None  # a pool of (at most) this many actors; None: a Ray task per batch
+    # the pool's least size: None: the run's rule (StageResources.pool: 1 on an autoscaling cluster, else actors)
+    min_actors: Optional[int] = None
 
 
 class Stage:
@@ -82,8 +86,19 @@ class Stage:
                                     resources=dict(w.resources) or None)
         if w.actors is None:
             return dict(fn=self, **args)
-        return dict(fn=type(self), fn_constructor_kwargs={"cfg": self.cfg, "in_actor": True},
-                    compute=ray.data.ActorPoolStrategy(size=max(1, w.actors)), **args)
+        lo, start, hi = self.pool_size(w)
+        pool = (ray.data.ActorPoolStrategy(size=hi) if lo == hi else
+                ray.data.ActorPoolStrategy(min_size=lo, max_size=hi, initial_size=start))
+        return dict(fn=type(self), fn_constructor_kwargs={"cfg": self.cfg, "in_actor": True}, compute=pool, **args)
+
+    def pool_size(self, w: Workers) -> tuple[int, int, int]:
+        """``(min, initial, max)`` actors of this stage's pool: ``w.actors`` at most and at the start; at least
+        ``w.min_actors`` where given, else the run's rule (:meth:`~pipelines.batch.config.StageResources.pool`: 1 on
+        an autoscaling cluster, fixed on a static one)."""
+        lo, start, hi = self.cfg.resources.pool(w.actors or 1)
+        if w.min_actors is not None:
+            lo = w.min_actors
+        return max(1, min(lo, hi)), start, hi
 
 
 def add_stage(ds: Any, stage: Stage) -> Any:

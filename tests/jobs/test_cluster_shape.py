@@ -3,6 +3,7 @@ RunConfig.for_cluster) and how jobs.runtime reads the shape of the connected Ray
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import types
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_an_autoscaling_cluster_gets_what_the_run_asks_for():
     assert gpus == 1.0  # the cluster *can* have GPUs
     res = StageResources(actors=2, prepare_actors=4, gpus_per_actor=gpus)  # rayjob.yaml's pools
     sized = res.for_cluster(shape)
-    assert sized == res
+    assert sized == dataclasses.replace(res, autoscale=True)  # the shares as asked; the pools grow from 1
     assert (sized.cpus_per_actor, sized.prepare_cpus, sized.plan_cpus, sized.stitch_cpus) == (1.0, 1.0, 0.5, 1.0)
     assert sized.plan_memory == sized.prepare_memory == GIB
     assert StageResources(actors=2, prepare_actors=4).fit(1.0).prepare_cpus == 0.125  # what the snapshot gave
@@ -82,7 +83,7 @@ def test_unknown_node_types_keep_the_shares_and_use_the_cpu():
     assert shape.can_have("GPU") is None and math.isinf(shape.most("CPU"))
     assert shape.gpus_per_actor(None) == 0.0 and shape.gpus_per_actor(1) == 1.0
     res = StageResources(actors=2, prepare_actors=4, gpus_per_actor=1)
-    assert res.for_cluster(shape) == res
+    assert res.for_cluster(shape) == dataclasses.replace(res, autoscale=True)
 
 
 def test_auto_fit_off_changes_nothing():
@@ -100,7 +101,7 @@ def test_the_local_out_check_counts_the_nodes_the_cluster_can_grow_to(tmp_path):
     shared = RunConfig.build(RunOptions(shared_fs=True), manifest="s3://b/m.parquet", out=str(tmp_path))
     assert shared.for_cluster(_gpu_cluster()).cluster == _gpu_cluster()
     remote = RunConfig.build(RunOptions(), manifest="s3://b/m.parquet", out="s3://b/out")
-    assert remote.for_cluster(_gpu_cluster()).resources == remote.resources
+    assert remote.for_cluster(_gpu_cluster()).resources == dataclasses.replace(remote.resources, autoscale=True)
 
 
 def test_the_drivers_fit_takes_the_callers_shape_over_the_snapshot():
@@ -126,7 +127,7 @@ def test_ray_cluster_yaml_as_its_autoscaler_sees_it():
     assert gpu and gpu[0].max_count == 8 and gpu[0].min_count == 0
     assert shape.most("GPU") == 8 and shape.most("CPU") == 64
     res = StageResources(actors=2, prepare_actors=4, gpus_per_actor=1)
-    assert res.for_cluster(shape) == res
+    assert res.for_cluster(shape) == dataclasses.replace(res, autoscale=True)
 
 
 def test_the_global_max_workers_caps_each_type():
@@ -245,3 +246,19 @@ def test_which_autoscaler_status_means_an_autoscaler():
     kuberay = {"autoscaler_report": {"active_nodes": {"headgroup": 1}, "pending_launches": {"gpu": 2}}}
     assert runtime.autoscaler_status_scales(json.dumps(kuberay))
     assert not runtime.autoscaler_status_scales(b"not json")
+
+
+def test_actor_pools_autoscale_on_an_autoscaling_cluster_and_stay_fixed_on_a_static_one():
+    """Ray Data's autoscaling actor pools where they fit: on a cluster an autoscaler grows, each pool may shrink to one
+    actor while it idles and grow back to its size, starting at its size (the autoscaler brings up the whole pool's
+    nodes at once); on a static cluster (a laptop, a plain `ray start` cluster) the pools are fixed, as before;
+    auto_fit off keeps them fixed too."""
+    res = StageResources(actors=4, prepare_actors=3, gpus_per_actor=1)
+    grown = res.for_cluster(_gpu_cluster())
+    assert grown.autoscale and grown.pool(grown.actors) == (1, 4, 4) and grown.pool(grown.prepare_actors) == (1, 3, 3)
+    unknown = res.for_cluster(ClusterShape(nodes=1, autoscaling=True, source="autoscaler status"))
+    assert unknown.autoscale and unknown.pool(4) == (1, 4, 4)
+    fixed = res.for_cluster(ClusterShape.static(1, 16, gpus=4))
+    assert not fixed.autoscale and fixed.pool(fixed.actors) == (4, 4, 4) and fixed.pool(3) == (3, 3, 3)
+    assert not StageResources(auto_fit=False, actors=4).for_cluster(_gpu_cluster()).autoscale
+    assert StageResources().pool(0) == (1, 1, 1)

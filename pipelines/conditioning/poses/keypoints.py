@@ -69,6 +69,7 @@ from pipelines.conditioning.poses.track_limits import (
 from pipelines.conditioning.poses.track_parquet import read_parquet
 from pipelines.media import storage
 from pipelines.media.errors import InputError
+from pipelines.media.geometry import DEFAULT_FIT_MODE
 
 BODY_NAMES = ["nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
               "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear"]
@@ -125,7 +126,7 @@ class PoseTrack:
     def missing(self) -> np.ndarray:
         return (self.flags & FLAG_MISSING) != 0
 
-    def rescaled(self, size, mode: str = "pad") -> PoseTrack:
+    def rescaled(self, size, mode: str = DEFAULT_FIT_MODE) -> PoseTrack:
         """The same track expressed in the frame of :func:`pipelines.media.geometry.fit_frame` at ``size``."""
         from pipelines.media.geometry import fit_geometry
 

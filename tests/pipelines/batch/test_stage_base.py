@@ -118,3 +118,22 @@ def test_an_unreadable_attempt_counter_fails_the_window_with_the_reason(cfg):
     storage.atomic_write_text(attempt_counter(task, "run1"), "not a number")
     done = bounded_attempt(task, "run1", 2, lambda t: pytest.fail("edited"))
     assert done.status == "failed" and done.error.startswith("edit window 0: OSError: attempt counter ")
+
+
+def test_on_an_autoscaling_cluster_the_actor_pools_autoscale_between_one_and_their_size(cfg):
+    """`StageResources.autoscale` (set by `for_cluster` on an autoscaling cluster): Ray Data's autoscaling actor
+    pools, min 1, initial and max size the pool's size; a stage may state its own least size (`Workers.min_actors`);
+    fixed otherwise."""
+    import ray.data
+
+    from pipelines.batch.stage_base import Workers
+
+    grown = dataclasses.replace(cfg, resources=dataclasses.replace(RES, autoscale=True))
+    for stage, size in ((PrepareStage(grown), 2), (EditStage(grown), 3)):
+        compute = stage.map_batches_args()["compute"]
+        assert isinstance(compute, ray.data.ActorPoolStrategy)
+        assert (compute.min_size, compute.initial_size, compute.max_size) == (1, size, size)  # the whole pool asked
+    edit = EditStage(grown)
+    assert edit.pool_size(Workers(num_cpus=1, actors=3, min_actors=2)) == (2, 3, 3)
+    assert edit.pool_size(Workers(num_cpus=1, actors=3, min_actors=9)) == (3, 3, 3)
+    assert EditStage(cfg).pool_size(Workers(num_cpus=1, actors=3)) == (3, 3, 3)  # static: fixed
