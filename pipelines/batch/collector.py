@@ -2,7 +2,8 @@
 
 :class:`RequestCollector` takes the edited window tasks as they come out of the last stage (:meth:`~RequestCollector.
 consume`), in any order, and groups them per request. A request is complete when ``task.count`` of its windows are
-in; then one finish task (a Ray core task, ``stitch_cpus`` CPUs and ``max_retries`` retries:
+in (``count`` is the request's number of tasks: of windows, or of groups for a fused request, whose tasks
+carry several windows each); then one finish task (a Ray core task, ``stitch_cpus`` CPUs and ``max_retries`` retries:
 :func:`~pipelines.batch.finish.finish_request`) stitches and encodes it, while the stream goes on. A failed plan
 (one task, ``index == PLAN_FAILED``) is finished in the driver at once. A finish task that dies gives a failed row
 (``stitch: ...``); a request whose windows never all came back (rows lost: a bug) a failed row naming the count.
@@ -92,7 +93,7 @@ class RequestCollector:
                                      busy_seconds=t.busy, gpu_peak_bytes=t.gpu_memory_peak)
         self.metrics.add_busy(t.prepare, "prepare")
         self.metrics.set_queue_depth(self.windows_known - self.windows_done)
-        self.window_counts[task.status] += 1
+        self.window_counts[task.status] += len(task.members)  # windows, whether edited apart or in a group
         for stage, node in (("prepare", task.prepare_node), ("edit", task.edit_node)):
             if node:
                 self.nodes[stage].add(node)

@@ -6,6 +6,9 @@ plan or window gives a failed row; otherwise :func:`stitch_request` streams the 
 request's done marker, ``<out>/requests/<request_id>.json``, then deletes the request's intermediate windows (unless
 ``keep_windows``). :func:`skipped_row` reads that marker back on a re-run and trusts it only while the request's
 content key (:mod:`pipelines.batch.identity`) is unchanged.
+A fused request's tasks are groups (:attr:`~pipelines.batch.tasks.WindowTask.members`): the stitcher sees their
+member windows, all in frame order, read from the same per-window files (inside a group the windows agree on their
+shared frames, so the crossfade there is the identity; it blends consecutive groups as it blends windows).
 No Ray here: the driver runs :func:`finish_request` as a Ray task, :mod:`pipelines.batch.single` calls it directly.
 """
 from __future__ import annotations
@@ -50,11 +53,21 @@ def output_geometry(plan: RequestPlan, size: int, output_scale: str):
     return (y0, y1, x0, x1), (oh, ow)
 
 
-def _model_identity_of(tasks: list[WindowTask]) -> dict[str, Any]:
+def _windows_of(tasks: list[WindowTask]) -> tuple[list[Window], dict[int, str]]:
+    """Every window of a request's tasks (group members expanded), in frame order, and each window's file."""
+    members = sorted((m for t in tasks for m in t.members), key=lambda m: m.index)
+    return [Window(m.index, m.start, m.end) for m in members], {m.index: m.uri for m in members}
+
+
+def _window_count(tasks: list[WindowTask]) -> int:
+    return sum(len(t.members) for t in tasks)
+
+
+def _model_identity_of(tasks: list[WindowTask], uri: str) -> dict[str, Any]:
     for t in tasks:
         if t.model_identity:
             return t.model_identity
-    z = storage.read_npz(tasks[0].uri)  # all windows came from an earlier run: their files know
+    z = storage.read_npz(uri)  # all windows came from an earlier run: their files know
     return json.loads(str(z["identity"])) if "identity" in z else {}
 
 
@@ -82,7 +95,7 @@ def _audio_of(req: Request, plan: RequestPlan) -> tuple[Optional[str], float]:
     return (req.source, plan.audio_offset) if plan.has_audio else (None, 0.0)
 
 
-def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: list[str], resize: _Resizer,
+def _write_preview(req: Request, plan: RequestPlan, wins: list[Window], uris: dict[int, str], resize: _Resizer,
                    cfg: RunConfig, cancel: Optional[Cancel]) -> None:
     def read_preview(w: Window) -> np.ndarray:
         z = storage.read_npz(uris[w.index])
@@ -100,11 +113,10 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
     """Blend a request's windows in order into its video (+ preview); commit; write the done marker. ``cancel`` is
     checked before each commit (:class:`~pipelines.batch.cancel.Cancelled`): nothing is written after it."""
     tasks = sorted(tasks, key=lambda t: t.index)
-    model_identity = _model_identity_of(tasks)
+    wins, uris = _windows_of(tasks)
+    model_identity = _model_identity_of(tasks, uris[wins[0].index])
     req, plan = tasks[0].request, tasks[0].plan
     t0 = time.perf_counter()
-    wins = [Window(t.index, t.start, t.end) for t in tasks]
-    uris = [t.uri for t in tasks]
     resize = _Resizer(plan, req.size, cfg.processing.output_scale)
     audio, offset = _audio_of(req, plan)
     with VideoWriter(req.output, plan.fps, audio_from=audio, audio_offset=offset,
@@ -117,7 +129,7 @@ def stitch_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
     res = writer.result
     row = result_row(
         req, tasks[0].identity, SUCCEEDED, frames=res.frames, fps=float(to_fraction(res.fps)), fps_rational=res.fps,
-        width=res.width, height=res.height, windows=len(tasks), seam_score=stats.seam_score,
+        width=res.width, height=res.height, windows=len(wins), seam_score=stats.seam_score,
         source_fps=plan.source_fps, resampled=plan.resampled, rotation=plan.rotation, rescaled=plan.rescaled,
         tone_mapped=plan.tone_mapped,
         seconds_probe=_total(tasks, "probe"), seconds_prepare=_total(tasks, "prepare"),
@@ -170,14 +182,14 @@ def finish_request(tasks: list[WindowTask], cfg: RunConfig, cancel: Optional[Can
     failed = [t for t in tasks if t.status == FAILED]
     if failed:
         first = min(failed, key=lambda t: t.index)
-        return result_row(req, identity, FAILED, error=first.error, windows=len(tasks))
+        return result_row(req, identity, FAILED, error=first.error, windows=_window_count(tasks))
     try:
         return stitch_request(tasks, cfg, cancel)
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001
         log.info("stitch failed for %s: %s", req.request_id, exc)
-        return result_row(req, identity, FAILED, error=f"stitch: {error_text(exc)}", windows=len(tasks))
+        return result_row(req, identity, FAILED, error=f"stitch: {error_text(exc)}", windows=_window_count(tasks))
 
 
 def skipped_row(req: Request, identity: RequestIdentity, cfg: RunConfig) -> Optional[ResultRow]:

@@ -9,6 +9,10 @@ of :mod:`pipelines.batch.stages`; the driver adds them with :func:`~pipelines.ba
 - :class:`EditStage` — a fixed actor pool holding the model (``actors``, ``gpus_per_actor``, ``cpus_per_actor``,
   ``edit_resources``): a window → edited and written (:func:`~pipelines.batch.stages.edit_task`).
 
+A fused request's rows are its fusion groups (one task each, :class:`~pipelines.batch.tasks.GroupWindow` members):
+a group is prepared by one prepare actor and edited by one edit actor (``model.edit_fused``), while the groups of a
+request, and the requests, spread over the pools as windows do.
+
 Failures never raise out of a stage: a bad request or window becomes a ``failed`` task. Ray Data's fail-hard
 defaults are kept on purpose (:func:`configure_data_context`: ``max_errored_blocks=0`` — an exception escaping a
 stage is a bug and stops the run; application errors are not retried — they are deterministic). System failures are
@@ -81,8 +85,8 @@ class PrepareStage(Stage):
 
 
 class EditStage(Stage):
-    """The GPU actor: holds the model for its lifetime, edits one window per call and bounds the attempts of a
-    window whose actor died (:func:`~pipelines.batch.retry.bounded_attempt`)."""
+    """The GPU actor: holds the model for its lifetime, edits one task per call (a window, or a fused group) and
+    bounds the attempts of a task whose actor died (:func:`~pipelines.batch.retry.bounded_attempt`)."""
 
     def workers(self) -> Workers:
         res = self.cfg.resources

@@ -5,28 +5,31 @@ Request manifest
 Parquet (``.parquet``/``.pq``), CSV (``.csv``) or JSON Lines (``.jsonl``/``.ndjson``), read through fsspec; the
 format is chosen by the extension. One row = one edit request. Columns:
 
-================  ========  ===========================================================================
-column            default   meaning
-================  ========  ===========================================================================
-``source``        required  source video URI (the person whose appearance and background are kept)
-``driving``       required  driving motion: a video, a frame folder, or a pose-track file URI
-``request_id``    derived   default: uuid5 of source, driving and a hash of the parameters below (given:
-                            1-128 of ``A-Za-z0-9._-``, starting with a letter or digit, no ``..``)
-``output``        derived   default: ``<out>/videos/<request_id>.mp4``
-``steps``         50        sampler steps (the official schedule is exact at 50, scaled otherwise)
-``guidance_scale`` 3.5      classifier-free guidance scale (0..100; <= 1 turns guidance off); ``cfg``, its
-                            old name, is accepted as an alias (not both in one manifest)
-``seed``          42        seed of the frame-indexed initial noise (0 <= seed < 2**63)
-``camera``        false     camera-movement mode (reconstruction K/V injection)
-``window``        24        frames per window (1..32)
-``overlap``       8         frames shared by consecutive windows (0 <= overlap < window)
-``size``          512       model resolution, square side in pixels (multiple of 8, 64..2048)
-``fps``           source    output frame rate; empty = the source's exact rate (rationals like 30000/1001 ok)
-``frame_start``   0         first source frame to edit (0 <= frame_start < 2**63)
-``frame_end``     all       end (exclusive) of the source frame range (frame_start < frame_end < 2**63)
-``preview``       false     also write a side-by-side preview (source | target pose | edit)
-``length_policy`` ``trim``  source/driving length mismatch: ``trim`` (to the shorter), ``loop``, ``hold``
-================  ========  ===========================================================================
+================  ===========  ===========================================================================
+column            default      meaning
+================  ===========  ===========================================================================
+``source``        required     source video URI (the person whose appearance and background are kept)
+``driving``       required     driving motion: a video, a frame folder, or a pose-track file URI
+``request_id``    derived      default: uuid5 of source, driving and a hash of the parameters below (given:
+                               1-128 of ``A-Za-z0-9._-``, starting with a letter or digit, no ``..``)
+``output``        derived      default: ``<out>/videos/<request_id>.mp4``
+``steps``         50           sampler steps (the official schedule is exact at 50, scaled otherwise)
+``guidance_scale`` 3.5         classifier-free guidance scale (0..100; <= 1 turns guidance off); ``cfg``, its
+                               old name, is accepted as an alias (not both in one manifest)
+``seed``          42           seed of the frame-indexed initial noise (0 <= seed < 2**63)
+``camera``        false        camera-movement mode (reconstruction K/V injection)
+``window``        24           frames per window (1..32)
+``overlap``       8            frames shared by consecutive windows (0 <= overlap < window)
+``size``          512          model resolution, square side in pixels (multiple of 8, 64..2048)
+``fps``           source       output frame rate; empty = the source's exact rate (rationals like 30000/1001 ok)
+``frame_start``   0            first source frame to edit (0 <= frame_start < 2**63)
+``frame_end``     all          end (exclusive) of the source frame range (frame_start < frame_end < 2**63)
+``preview``       false        also write a side-by-side preview (source | target pose | edit)
+``length_policy`` ``trim``     source/driving length mismatch: ``trim`` (to the shorter), ``loop``, ``hold``
+``fusion``        crossfade    long-video mode: ``crossfade`` (windows edited apart, blended in pixels) or
+                               ``fused`` (up to 8 consecutive windows denoised together, their shared latents
+                               fused after every step, each group on one edit actor; groups are crossfaded)
+================  ===========  ===========================================================================
 
 Unknown columns, and a column named twice (a CSV or Parquet header), make the whole manifest invalid
 (:class:`ManifestError`, naming the columns and the file). A missing or empty optional value takes its default. A
@@ -67,12 +70,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from mf_model.window import MAX_WINDOW_FRAMES, EditOptions
+from mf_model.window import FUSION_MODES, MAX_WINDOW_FRAMES, EditOptions
 from pipelines.batch.manifest_clashes import clash_reasons
 from pipelines.batch.manifest_files import JsonNumber, read_rows, write_manifest
 from pipelines.batch.manifest_limits import MAX_TEXT_CHARS, MAX_VALUE_CHARS, ManifestError, show
 from pipelines.media import storage
-from pipelines.media.timeline import LENGTH_POLICIES
+from pipelines.media.timeline import DEFAULT_LENGTH_POLICY, LENGTH_POLICIES
 from pipelines.windows import ids
 from pipelines.windows.planning import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
@@ -112,15 +115,20 @@ class Request:
     frame_start: int = 0
     frame_end: Optional[int] = None
     preview: bool = False
-    length_policy: str = "trim"
+    length_policy: str = DEFAULT_LENGTH_POLICY
+    fusion: str = EditOptions.fusion  # one of mf_model.window.FUSION_MODES
     row: int = 0  # 1-based row number in the manifest
 
     EDIT_PARAMS = ("steps", "guidance_scale", "seed", "camera", "window", "overlap", "size", "fps", "frame_start",
-                   "frame_end", "length_policy")
+                   "frame_end", "length_policy", "fusion")
+    # parameters left out of edit_params() at these values: the ids and keys of requests that predate them stay
+    DEFAULT_FREE_PARAMS = (("fusion", EditOptions.fusion),)
 
     def edit_params(self) -> dict[str, Any]:
-        """Parameters that change the edited frames (these key the window ids)."""
-        return {k: getattr(self, k) for k in self.EDIT_PARAMS}
+        """Parameters that change the edited frames (these key the window ids). ``fusion`` is in it only when
+        ``fused``: a crossfade request keeps the request id, window ids and content key it had before the column."""
+        free = dict(self.DEFAULT_FREE_PARAMS)
+        return {k: getattr(self, k) for k in self.EDIT_PARAMS if k not in free or getattr(self, k) != free[k]}
 
     def params(self) -> dict[str, Any]:
         return {**self.edit_params(), "preview": self.preview}
@@ -238,7 +246,7 @@ _COERCE = {
     "request_id": _as_str, "source": _as_str, "driving": _as_str, "output": _as_str, "steps": _as_int,
     "guidance_scale": _as_float, "seed": _as_int, "camera": _as_bool, "window": _as_int, "overlap": _as_int,
     "size": _as_int, "fps": _as_float, "frame_start": _as_int, "frame_end": _as_int, "preview": _as_bool,
-    "length_policy": _as_str,
+    "length_policy": _as_str, "fusion": _as_str,
 }
 COLUMNS = tuple(_COERCE)
 COLUMN_ALIASES = {"cfg": "guidance_scale"}  # old name → column; a manifest may use either, not both
@@ -271,6 +279,8 @@ def _check_values(p: dict[str, Any], names: Mapping[str, str]) -> None:
         bad("frame_end", f"must be greater than frame_start ({p['frame_start']}) and below 2**63")
     if p["length_policy"] not in LENGTH_POLICIES:
         bad("length_policy", f"must be one of {', '.join(LENGTH_POLICIES)}")
+    if p["fusion"] not in FUSION_MODES:
+        bad("fusion", f"must be one of {', '.join(FUSION_MODES)}")
     for col in ("source", "driving"):
         if not p[col]:
             raise _RowError(f"column '{col}' is required and empty")
@@ -305,6 +315,7 @@ def parse_row(raw: Mapping[str, Any], row: int, out: str, base: str = "") -> Req
         else:
             p[col] = _COERCE[col](name, v)
     p["length_policy"] = p["length_policy"].lower()
+    p["fusion"] = p["fusion"].lower()
     _check_values(p, names)
     p["source"] = storage.resolve(base, p["source"])
     p["driving"] = storage.resolve(base, p["driving"])

@@ -7,6 +7,7 @@ declared on the fields). Its columns, in order:
 ``request_id`` · ``status`` (``succeeded`` | ``failed`` | ``skipped``; skipped = already finished by an earlier run)
 · ``error`` (null unless failed) · ``source`` · ``driving`` · ``output_uri`` · ``preview_uri`` · ``frames`` (frames
 written) · ``fps`` (float) · ``fps_rational`` (exact, ``"30000/1001"``) · ``width`` · ``height`` · ``windows`` ·
+``fusion`` (the long-video mode that ran: ``crossfade`` | ``fused``; null for a row that never became a request) ·
 ``source_fps`` (the source's nominal rate) · ``resampled`` (its frames were resampled onto the output rate: a
 variable-rate source, or a request's ``fps``) · ``rotation`` (display rotation applied, clockwise degrees) ·
 ``rescaled`` (non-square pixels made square) · ``tone_mapped`` (HDR source tone-mapped to SDR) ·
@@ -54,6 +55,7 @@ class ResultRow:
     width: Optional[int] = arrow_field(pa.int32(), default=None)
     height: Optional[int] = arrow_field(pa.int32(), default=None)
     windows: Optional[int] = arrow_field(pa.int32(), default=None)
+    fusion: Optional[str] = None  # the request's long-video mode (Request.fusion)
     source_fps: Optional[float] = None
     resampled: Optional[bool] = None
     rotation: Optional[int] = arrow_field(pa.int32(), default=None)
@@ -86,7 +88,7 @@ class ResultRow:
     @classmethod
     def for_request(cls, req: Request, status: str, **kw: Any) -> ResultRow:
         base = dict(source=req.source, driving=req.driving, output_uri=req.output, preview_uri=req.preview_output,
-                    params_json=req.params_json(), manifest_row=req.row)
+                    params_json=req.params_json(), manifest_row=req.row, fusion=req.fusion)
         base.update(kw)
         return cls(request_id=req.request_id, status=status, **base)
 

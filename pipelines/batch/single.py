@@ -1,7 +1,8 @@
 """One request in-process, without Ray: the batch stage functions run in order.
 
 :func:`edit_request` calls exactly what the Ray stages call — :func:`~pipelines.batch.stages.plan_request` →
-:func:`~pipelines.batch.stages.prepare_task` and :func:`~pipelines.batch.stages.edit_task` per window →
+:func:`~pipelines.batch.stages.prepare_task` and :func:`~pipelines.batch.stages.edit_task` per task (a window, or
+a fused request's group of windows) →
 :func:`~pipelines.batch.finish.finish_request` (stitch, encode, done marker) — so a request edited here gives the same
 files, ids, window cache and result row as in a batch run (a later ``mf retarget`` over the same ``out`` skips it,
 and vice versa). It is meant for a process that already holds the model: the Ray Serve replica, tests, a notebook.
@@ -31,7 +32,8 @@ from pipelines.batch.stages import (
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total): "window" per edited window, "request" at the end
+# (stage, done, total): "window" per edited task (a window; a group of windows in fused mode), "request" at the end
+Progress = Callable[[str, int, int], None]
 
 
 def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optional[Progress] = None,
@@ -41,7 +43,8 @@ def edit_request(request: Request, cfg: RunConfig, model: Any, progress: Optiona
     (a :class:`~pipelines.batch.results.ResultRow`). Never raises for a bad input: the row says ``failed`` and
     why. ``model_key``: :func:`pipelines.batch.identity.model_key` of ``cfg.model``, when the caller has it (the
     request's key adds its edit parameters, ``cfg.processing``'s output options and the inputs' contents).
-    ``cancel``: checked before each stage, between the sampler's steps and before every write; once it returns True,
+    ``cancel``: checked before each stage (so between a fused request's groups), between the sampler's steps (every
+    window's step of a fused group, through ``edit_fused``'s ``progress``) and before every write; once it returns True,
     :class:`~pipelines.batch.cancel.Cancelled` is raised and nothing more is written."""
     t0 = time.perf_counter()
     ident = request_identity(request, model_key or identity.model_key(cfg.model), cfg.processing)

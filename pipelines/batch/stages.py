@@ -11,6 +11,13 @@ Stitching a finished request is in :mod:`pipelines.batch.finish`.
 - :func:`prepare_task` — decode the window's frames only, poses, masks, renders → the task's npz payload.
 - :func:`edit_task` — edit a prepared window with a model and write its frames atomically.
 
+A ``fused`` request (``Request.fusion``) is planned as one task per fusion group (``mf_model.fusion_plan.
+fusion_groups`` of its windows, :class:`~pipelines.batch.tasks.GroupWindow` members): prepare puts every member
+window's arrays into the one payload (keys ``w<j>_<input>``), edit runs ``model.edit_fused`` once for the group and
+writes each member window's file as in crossfade mode (same names, same content), so stitching is unchanged. A group
+is the unit to resume: it is ``skipped`` when all its member files are good, else it is edited again as a whole. The
+window ids of a fused request also hash the mode and its group's spans (a fused window depends on its group).
+
 No function raises for a bad input: the task becomes ``failed`` with an error naming the stage and the reason.
 The conditioning work goes through a :class:`Conditioner`, which unit tests replace with a small fake.
 """
@@ -31,7 +38,7 @@ from pipelines.batch.config import RunConfig
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.status import PENDING, SKIPPED, SUCCEEDED
-from pipelines.batch.tasks import RequestPlan, StageTimes, WindowTask
+from pipelines.batch.tasks import GroupWindow, RequestPlan, StageTimes, WindowTask
 from pipelines.conditioning import (
     AlignTransform,
     driving_index_map,
@@ -43,15 +50,16 @@ from pipelines.conditioning.poses.keypoints import POSE_TRACK_SUFFIXES
 from pipelines.conditioning.poses.registry import DEFAULT_BACKEND
 from pipelines.conditioning.window_inputs import MODEL_INPUTS
 from pipelines.media import fit_geometry, probe_video, storage
+from pipelines.media.geometry import DEFAULT_FIT_MODE
 from pipelines.media.timeline import fraction_str, slot_time
-from pipelines.windows.planning import plan_windows, window_id
+from pipelines.windows.planning import Window, plan_windows, window_id
 
 log = logging.getLogger(__name__)
 
 class Conditioner:
     """The conditioning the stages need, bound to a run's pose backend and fit mode."""
 
-    def __init__(self, pose_backend: str = DEFAULT_BACKEND, fit_mode: str = "pad") -> None:
+    def __init__(self, pose_backend: str = DEFAULT_BACKEND, fit_mode: str = DEFAULT_FIT_MODE) -> None:
         self.pose_backend = pose_backend
         self.fit_mode = fit_mode
 
@@ -115,18 +123,24 @@ def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan,
 
 
 def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:
-    """Plan one request: its window tasks, or one failed task (``index == PLAN_FAILED``). A window whose frames
-    are on storage already, readable and of the right shape, is ``skipped``; any other file there is recomputed."""
+    """Plan one request: its window tasks (one per fusion group in fused mode), or one failed task (``index ==
+    PLAN_FAILED``). A window whose frames are on storage already, readable and of the right shape, is ``skipped``
+    (a group: when all its windows are); any other file there is recomputed."""
     t0 = time.perf_counter()
     try:
         plan, src_idx, dmap = _plan(req, cfg, cond)
-        tasks = []
-        for w in plan_windows(plan.frames, req.window, req.overlap):
-            wid = window_id(req.request_id, req.source, w, {"identity": identity.key})
-            tasks.append(WindowTask(
-                request=req, identity=identity, plan=plan, window_id=wid, index=w.index, start=w.start, end=w.end,
-                source_indices=src_idx[w.start:w.end], driving_indices=dmap[w.start:w.end],
-                uri=cfg.window_uri(req.request_id, wid)))
+        wins = plan_windows(plan.frames, req.window, req.overlap)
+        if req.fusion == "fused":
+            tasks = [_group_task(req, identity, plan, [wins[k] for k in g], src_idx, dmap, cfg)
+                     for g in _fusion_groups(len(wins))]
+        else:
+            tasks = []
+            for w in wins:
+                wid = window_id(req.request_id, req.source, w, {"identity": identity.key})
+                tasks.append(WindowTask(
+                    request=req, identity=identity, plan=plan, window_id=wid, index=w.index, start=w.start,
+                    end=w.end, source_indices=src_idx[w.start:w.end], driving_indices=dmap[w.start:w.end],
+                    uri=cfg.window_uri(req.request_id, wid)))
     except Exception as exc:  # noqa: BLE001 - one bad request fails its own row
         log.info("plan failed for %s: %s", req.request_id, exc)
         return [WindowTask(req, identity, times=StageTimes(probe=time.perf_counter() - t0)).fail("plan", exc)]
@@ -137,37 +151,71 @@ def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: 
     return tasks
 
 
+def _fusion_groups(n: int) -> list[range]:
+    from mf_model.fusion_plan import fusion_groups  # torch-free
+
+    return fusion_groups(n)
+
+
+def _group_task(req: Request, identity: RequestIdentity, plan: RequestPlan, wins: list[Window], src_idx: list[int],
+                dmap: list[int], cfg: RunConfig) -> WindowTask:
+    """The task of one fusion group: its member windows' ids hash the mode and the group's spans."""
+    spans = [[w.start, w.end] for w in wins]
+    params = {"identity": identity.key, "fusion": req.fusion, "group": spans}
+    members = []
+    for w in wins:
+        wid = window_id(req.request_id, req.source, w, params)
+        members.append(GroupWindow(index=w.index, start=w.start, end=w.end, window_id=wid,
+                                   uri=cfg.window_uri(req.request_id, wid)))
+    start, end = wins[0].start, wins[-1].end
+    gid = window_id(req.request_id, req.source, (start, end), params)
+    # the group's own uri is never written as a window: its edit attempt counter (pipelines.batch.retry) lives there
+    return WindowTask(request=req, identity=identity, plan=plan, window_id=gid, index=wins[0].index, start=start,
+                      end=end, source_indices=src_idx[start:end], driving_indices=dmap[start:end],
+                      uri=cfg.window_uri(req.request_id, gid), group=members)
+
+
 def cached_window_ok(task: WindowTask) -> bool:
-    """Whether the window's file holds frames of the right shape (and the preview's arrays when asked): read from
-    the npz headers only. A missing, truncated or misshapen file is not reused."""
-    size = task.request.size
-    want = {"frames": (task.end - task.start, size, size, 3)}
-    if task.request.preview:
+    """Whether the window's file (every member window's, for a group) holds frames of the right shape (and the
+    preview's arrays when asked): read from the npz headers only. A missing, truncated or misshapen file is not
+    reused."""
+    return all(_cached_ok(task.request, m.uri, m.end - m.start) for m in task.members)
+
+
+def _cached_ok(req: Request, uri: str, frames: int) -> bool:
+    size = req.size
+    want = {"frames": (frames, size, size, 3)}
+    if req.preview:
         want.update(source_frames=want["frames"], target_poses=want["frames"])
     try:
-        if not storage.exists(task.uri):
+        if not storage.exists(uri):
             return False
-        shapes = storage.npz_shapes(task.uri)
+        shapes = storage.npz_shapes(uri)
     except Exception as exc:  # noqa: BLE001 - unreadable: recompute it
-        log.warning("window %s does not load (%s: %s): recomputing it", task.uri, type(exc).__name__, exc)
+        log.warning("window %s does not load (%s: %s): recomputing it", uri, type(exc).__name__, exc)
         return False
     bad = {k: shapes.get(k) for k, shape in want.items() if shapes.get(k) != (shape, np.dtype(np.uint8))}
     if bad:
-        log.warning("window %s holds %s, expected %s: recomputing it", task.uri, bad, want)
+        log.warning("window %s holds %s, expected %s: recomputing it", uri, bad, want)
     return not bad
 
 
 # ------------------------------------------------------------------------------------------------ prepare
 
 def prepare_task(task: WindowTask, cond: Conditioner) -> WindowTask:
-    """Prepare a pending window: the model inputs as npz bytes in ``task.payload``."""
+    """Prepare a pending window: the model inputs as npz bytes in ``task.payload`` (a group: every member window's,
+    under ``w<j>_<input>``)."""
     if not task.pending:
         return task
     t0 = time.perf_counter()
     try:
-        arrays = cond.window_arrays(task)
+        arrays = {}
+        for j, view in enumerate(member_views(task) if task.fused else [task]):
+            prefix = f"w{j}_" if task.fused else ""
+            window = cond.window_arrays(view)
+            arrays.update({prefix + k: np.asarray(window[k]) for k in MODEL_INPUTS})
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(arrays[k]) for k in MODEL_INPUTS})
+        np.savez(buf, **arrays)
         task.payload = buf.getvalue()
     except Exception as exc:  # noqa: BLE001
         task.fail("prepare", exc)
@@ -175,13 +223,26 @@ def prepare_task(task: WindowTask, cond: Conditioner) -> WindowTask:
     return task
 
 
+def member_views(task: WindowTask) -> list[WindowTask]:
+    """A group task's member windows as plain window tasks (their span, frame maps, id and file; the group's
+    request, plan and times, shared)."""
+    out = []
+    for m in task.members:
+        a, b = m.start - task.start, m.end - task.start
+        out.append(dataclasses.replace(task, group=[], index=m.index, start=m.start, end=m.end, window_id=m.window_id,
+                                       uri=m.uri, source_indices=task.source_indices[a:b],
+                                       driving_indices=task.driving_indices[a:b], payload=None))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ edit
 
 def edit_task(task: WindowTask, model: Any, identity: dict[str, Any], cfg: RunConfig,
               cancel: Optional[Cancel] = None) -> WindowTask:
     """Edit a prepared window with ``model`` (an ``mf_model`` model) and write its frames atomically to
-    ``task.uri``. Consumes the payload; tasks that are not pending pass through. ``cancel`` is checked between the
-    sampler's steps and before the write (:class:`Cancelled`)."""
+    ``task.uri``; a fused group: ``model.edit_fused`` once over its windows, each member's frames written to its
+    own file. Consumes the payload; tasks that are not pending pass through. ``cancel`` is checked between the
+    sampler's steps (every window's, in a group) and before each write (:class:`Cancelled`)."""
     payload, task.payload = task.payload, None
     if not task.pending:
         return task
@@ -207,19 +268,27 @@ def _edit(task: WindowTask, payload: Optional[bytes], model: Any, identity: dict
     req = task.request
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    window = mf_model.EditWindow(**{k: arrays[k] for k in MODEL_INPUTS},
-                                 frame_indices=list(range(task.start, task.end)),
-                                 name=f"{req.request_id}[{task.start}:{task.end}]")
-    opts = mf_model.EditOptions(steps=req.steps, guidance_scale=req.guidance_scale, camera=req.camera, seed=req.seed)
+    members = task.members
+    prefix = [f"w{j}_" if task.fused else "" for j in range(len(members))]
+    windows = [mf_model.EditWindow(**{k: arrays[p + k] for k in MODEL_INPUTS},
+                                   frame_indices=list(range(m.start, m.end)),
+                                   name=f"{req.request_id}[{m.start}:{m.end}]") for m, p in zip(members, prefix)]
+    opts = mf_model.EditOptions(steps=req.steps, guidance_scale=req.guidance_scale, camera=req.camera, seed=req.seed,
+                                fusion=req.fusion)
+    progress = (lambda step, steps: check_cancel(cancel)) if cancel else None
     t1 = time.perf_counter()
-    result = model.edit(window, opts, progress=(lambda step, steps: check_cancel(cancel)) if cancel else None)
+    if task.fused:
+        results = model.edit_fused(windows, opts, progress=progress)
+    else:
+        results = [model.edit(windows[0], opts, progress=progress)]
     task.times.model = time.perf_counter() - t1
-    extra = {k: arrays[k] for k in ("source_frames", "target_poses")} if req.preview else {}
     t2 = time.perf_counter()
     ident = json.dumps(identity, sort_keys=True)
-    check_cancel(cancel)
-    storage.write_npz(task.uri, compress=cfg.processing.compress_windows, frames=result.frames,
-                      identity=np.array(ident), **extra)
+    for m, p, result in zip(members, prefix, results):
+        extra = {k: arrays[p + k] for k in ("source_frames", "target_poses")} if req.preview else {}
+        check_cancel(cancel)
+        storage.write_npz(m.uri, compress=cfg.processing.compress_windows, frames=result.frames,
+                          identity=np.array(ident), **extra)
     task.times.write = time.perf_counter() - t2
     task.times.gpu_memory_peak = _gpu_peak()
     task.status, task.model_identity = SUCCEEDED, {k: None if v is None else str(v) for k, v in identity.items()}

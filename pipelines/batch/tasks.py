@@ -13,6 +13,13 @@ from these dataclasses (and :class:`~pipelines.batch.requests.Request`,
 is declared on the field, nowhere else.
 
 A request whose plan failed is one task with ``index == PLAN_FAILED`` and ``plan is None``.
+
+A ``fused`` request (``Request.fusion``) moves as one task per fusion group (``mf_model.fusion_plan.fusion_groups``):
+its ``group`` lists the member windows (:class:`GroupWindow`: index, span, window id, file), its ``start``/``end``,
+frame maps and ``index`` (the first member's) cover the whole group, ``window_id`` is the group's id and ``uri`` its
+path (never a window file: each member has its own; the group's edit attempt counter sits beside it); ``count`` is
+then the request's number of groups. A crossfade task has an empty ``group``. :attr:`WindowTask.members` gives a
+task's windows either way.
 """
 from __future__ import annotations
 
@@ -81,20 +88,33 @@ class StageTimes:
 
 
 @dataclass
+class GroupWindow:
+    """One window of a fused group task: its place in the request's plan and its file."""
+
+    index: int = arrow_field(pa.int32(), default=0)
+    start: int = 0  # output frames [start, end)
+    end: int = 0
+    window_id: str = ""
+    uri: str = ""
+
+
+@dataclass
 class WindowTask:
-    """One window of one request, as it moves plan → prepare → edit → stitch."""
+    """One window of one request (or, in fused mode, one group of its windows), as it moves plan → prepare → edit →
+    stitch."""
 
     request: Request
     identity: RequestIdentity  # what the request's output depends on (its content key)
     plan: Optional[RequestPlan] = None
     window_id: str = ""
     index: int = arrow_field(pa.int32(), default=PLAN_FAILED)
-    count: int = arrow_field(pa.int32(), default=0)  # windows of the request
+    count: int = arrow_field(pa.int32(), default=0)  # tasks of the request (windows; groups in fused mode)
     start: int = 0  # output frames [start, end)
     end: int = 0
     source_indices: list[int] = field(default_factory=list)
     driving_indices: list[int] = field(default_factory=list)
-    uri: str = ""  # where the edited frames are written
+    uri: str = ""  # where the edited frames are written (a group's members have their own files)
+    group: list[GroupWindow] = field(default_factory=list)  # a fused group's windows, in frame order; else empty
     status: str = PENDING
     error: Optional[str] = None
     times: StageTimes = field(default_factory=StageTimes)
@@ -111,8 +131,24 @@ class WindowTask:
     def plan_failed(self) -> bool:
         return self.index == PLAN_FAILED
 
+    @property
+    def fused(self) -> bool:
+        return bool(self.group)
+
+    @property
+    def members(self) -> list[GroupWindow]:
+        """The windows this task edits: its group's, or itself as one window."""
+        if self.group:
+            return list(self.group)
+        return [GroupWindow(index=self.index, start=self.start, end=self.end, window_id=self.window_id, uri=self.uri)]
+
     def fail(self, stage: str, exc: BaseException) -> WindowTask:
-        where = stage if self.plan_failed else f"{stage} window {self.index}"
+        if self.plan_failed:
+            where = stage
+        elif self.group:
+            where = f"{stage} windows {self.group[0].index}-{self.group[-1].index} (fused group)"
+        else:
+            where = f"{stage} window {self.index}"
         self.status, self.error, self.payload = FAILED, f"{where}: {error_text(exc)}", None
         return self
 
