@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import conditioning as P
+from pipelines import conditioning as P  # noqa: E402
 from pipelines import media as M  # noqa: E402
 from pipelines.conditioning.render import decode_pose_image  # noqa: E402
 
@@ -54,7 +54,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([(x & y).sum() / max(1, (x | y).sum()) for x, y in zip(a, b)]))
 
 
-def run_case(case: Path) -> dict:
+def run_case(case: Path, align: str | None = None) -> dict:
     src = str(case / "source_images")
     drv = str(case / "target_images")
     size = (512, 512)
@@ -63,8 +63,8 @@ def run_case(case: Path) -> dict:
     d_frames = M.fit_frames(M.read_frames(drv, range(d_info.frames)), size)
     s_track, s_masks = P.extract_poses(s_frames, fps=s_info.fps, with_masks=True)
     d_track, d_masks = P.extract_poses(d_frames, fps=d_info.fps, with_masks=True)
-    transform = P.compute_alignment(s_track, d_track, source_masks=s_masks, driving_masks=d_masks)
-    aligned = P.apply_alignment(d_track, transform, s_masks, d_masks)
+    transform = P.compute_alignment(s_track, d_track, source_masks=s_masks, driving_masks=d_masks, mode=align)
+    aligned = P.apply_alignment(d_track, transform, s_masks, d_masks, source_body=s_track.body)
     pred = P.aligned_masks(d_masks, d_track.body, transform, s_masks, source_body=s_track.body,
                            target_body=aligned.body)
     ref_tgt = np.stack([decode_pose_image(im) for im in _load(case / "target_poses", "rgb")])
@@ -88,7 +88,8 @@ def main() -> int:
     if not root.is_dir():
         print(f"fixtures not found at {root} (set MF_SHARED_DIR)")
         return 2
-    rows = [run_case(c) for c in sorted(root.iterdir()) if (c / "source_images").is_dir()]
+    align = sys.argv[1] if len(sys.argv) > 1 else None  # an alignment mode (default: the default)
+    rows = [run_case(c, align) for c in sorted(root.iterdir()) if (c / "source_images").is_dir()]
     keys = ["src_pose_px", "src_vis_disagree", "src_mask_iou", "driving_pose_px", "aligned_pose_px",
             "unaligned_pose_px",
             "pred_mask_iou", "driving_mask_iou"]

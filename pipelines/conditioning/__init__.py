@@ -5,6 +5,8 @@ rendering in the official style, the per-window arrays (:mod:`~pipelines.conditi
 ``mf prepare`` folder layout (:mod:`~pipelines.conditioning.layout`). Depends on :mod:`pipelines.media` only.
 """
 from pipelines.conditioning.align import (
+    ALIGN_MODES,
+    DEFAULT_ALIGN_MODE,
     AlignTransform,
     aligned_masks,
     apply_alignment,
@@ -14,16 +16,19 @@ from pipelines.conditioning.align import (
 from pipelines.conditioning.layout import LAYOUT, prepare
 from pipelines.conditioning.masks import person_masks, predicted_masks
 from pipelines.conditioning.poses import PoseExtractor, PoseTrack, get_extractor, read_pose_track, write_pose_track
+from pipelines.conditioning.poses.subject import SubjectHint, SubjectTrack
 from pipelines.conditioning.render import render_poses
 from pipelines.conditioning.window_inputs import (
-                                                  driving_index_map,
-                                                  extract_poses,
-                                                  prepare_window,
-                                                  reference_alignment,
+    driving_index_map,
+    extract_poses,
+    prepare_window,
+    reference_alignment,
+    subject_track,
 )
 from pipelines.media.timeline import LENGTH_POLICIES
 
-__all__ = ["LAYOUT", "LENGTH_POLICIES", "AlignTransform", "PoseExtractor", "PoseTrack", "aligned_masks",
-           "apply_alignment", "compute_alignment", "driving_index_map", "extract_poses", "get_extractor",
-           "identity_alignment", "person_masks", "predicted_masks", "prepare", "prepare_window", "read_pose_track",
-           "reference_alignment", "render_poses", "write_pose_track"]
+__all__ = ["ALIGN_MODES", "DEFAULT_ALIGN_MODE", "LAYOUT", "LENGTH_POLICIES", "AlignTransform", "PoseExtractor",
+           "PoseTrack", "SubjectHint", "SubjectTrack", "aligned_masks", "apply_alignment", "compute_alignment",
+           "driving_index_map", "extract_poses", "get_extractor", "identity_alignment", "person_masks",
+           "predicted_masks", "prepare", "prepare_window", "read_pose_track", "reference_alignment", "render_poses",
+           "subject_track", "write_pose_track"]

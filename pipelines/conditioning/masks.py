@@ -166,15 +166,17 @@ def predicted_masks(driving_masks: np.ndarray, driving_body: np.ndarray, aligned
         np.zeros((0,) + driving_masks.shape[1:], np.uint8)
 
 
-def similarity_mask(mask: np.ndarray, scale: float, fx: float, fy: float, sx: float | None = None) -> np.ndarray:
-    """Scale a mask about ``(fx, fy)``: ``x' = fx + sx (x - fx)``, ``y' = fy + scale (y - fy)`` (``sx`` defaults to
-    ``scale``), bilinear then re-binarised, so edges stay smooth. What the scaling brings in from beyond the frame
-    is background: a person cut by the top edge and shrunk ends below the edge, as the official predicted masks do
-    (repeating the edge row instead drew a bar up to the edge)."""
+def similarity_mask(mask: np.ndarray, scale: float, fx: float, fy: float, sx: float | None = None,
+                    dy: float = 0.0) -> np.ndarray:
+    """Scale a mask about ``(fx, fy)``, then move it down by ``dy``: ``x' = fx + sx (x - fx)``,
+    ``y' = fy + scale (y - fy) + dy`` (``sx`` defaults to ``scale``), bilinear then re-binarised, so edges stay
+    smooth. What the scaling brings in from beyond the frame is background: a person cut by the top edge and shrunk
+    ends below the edge, as the official predicted masks do (repeating the edge row instead drew a bar up to the
+    edge)."""
     import cv2
 
     sx = scale if sx is None else float(sx)
-    m = np.array([[sx, 0.0, fx * (1 - sx)], [0.0, scale, fy * (1 - scale)]], np.float64)
+    m = np.array([[sx, 0.0, fx * (1 - sx)], [0.0, scale, fy * (1 - scale) + dy]], np.float64)
     h, w = mask.shape[:2]
     out = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return np.multiply(out > 127, 255, dtype=np.uint8)

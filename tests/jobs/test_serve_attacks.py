@@ -19,7 +19,7 @@ from tests.jobs.media_helpers import write_clip
 from tests.jobs.net_helpers import mf_serve
 from tests.jobs.test_serve import PARAMS, TOKEN_A, _auth
 from tests.jobs.test_serve_security import PeakGrowth, RawPost, _part, _pids
-from tests.pipelines.test_pose_track_limits import _bomb, _escaped_json, _track
+from tests.pipelines.conditioning.test_pose_track_limits import _bomb, _escaped_json, _track
 
 MB = 2**20
 HEADER_TIMEOUT_S = 3.0

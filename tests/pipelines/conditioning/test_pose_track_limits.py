@@ -18,7 +18,7 @@ import pytest
 from pipelines.conditioning.poses.keypoints import PoseTrack, pose_track_header, read_pose_track, write_pose_track
 from pipelines.media.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HUGE = 12_500_000  # floats in each of the two rows of the 2 KB bomb
 
 
