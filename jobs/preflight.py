@@ -112,14 +112,14 @@ def _head_rows(manifest: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _probe_task(read: list[str], write: list[str], timeout_s: float) -> dict[str, Any]:
+def _probe_task(read: list[str], inputs: list[str], write: list[str], timeout_s: float) -> dict[str, Any]:
     """On the worker: :func:`jobs.runtime.check_access`, and where it ran."""
     import ray
 
     from jobs.runtime import check_access
 
     return {"node": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
-            "problems": check_access(read=read, write=write, timeout_s=timeout_s)}
+            "problems": check_access(read=read, inputs=inputs, write=write, timeout_s=timeout_s)}
 
 
 def _options(demand: dict[str, float]) -> dict[str, Any]:
@@ -153,18 +153,18 @@ def preflight(cfg, shape=None, *, sample: int = SAMPLE, schedule_timeout_s: floa
     fitted = cfg.for_cluster(shape)
     inputs = sample_inputs(cfg.manifest, sample)
     driver_only = storage.is_local(cfg.manifest) and shape.multi_node and not cfg.shared_fs
-    read = ([] if driver_only else [cfg.manifest]) + inputs
+    read = [] if driver_only else [cfg.manifest]
     demands = fitted.resources.demands()
-    checks = {"edit": (demands["edit"], read, [cfg.out])}
+    checks = {"edit": (demands["edit"], read, inputs, [cfg.out])}
     if fitted.resources.prepare_resources:
-        checks["prepare"] = (demands["prepare"], inputs, [])
+        checks["prepare"] = (demands["prepare"], [], inputs, [])
     refs = {}
-    for stage, (demand, r, w) in checks.items():
+    for stage, (demand, r, i, w) in checks.items():
         opts = _options(demand)
         if runtime_env is not None:
             opts["runtime_env"] = runtime_env
         refs[stage] = ray.remote(_probe_task).options(name=f"mf-preflight-{stage}", **opts).remote(
-            r, w, probe_timeout_s)
+            r, i, w, probe_timeout_s)
     ready, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=schedule_timeout_s)
     problems, nodes = [], {}
     for stage, ref in refs.items():
@@ -191,7 +191,7 @@ def preflight(cfg, shape=None, *, sample: int = SAMPLE, schedule_timeout_s: floa
     log.info("pre-flight: %d input(s), the manifest%s and --out %s reachable from node(s) %s in %.2f s",
              len(inputs), " (driver only)" if driver_only else "", cfg.out,
              ", ".join(f"{k} {v}" for k, v in nodes.items()), seconds)
-    return {"read": read, "write": [cfg.out], "nodes": nodes, "seconds": seconds}
+    return {"read": read + inputs, "write": [cfg.out], "nodes": nodes, "seconds": seconds}
 
 
 def _demand(d: dict[str, float]) -> str:

@@ -329,6 +329,7 @@ def check_storage(uris: list[str], *, timeout_s: float = 60.0) -> list[str]:
 
 
 def check_access(*, listed: Sequence[str] = (), read: Sequence[str] = (), write: Sequence[str] = (),
+                 inputs: Sequence[str] = (),
                  timeout_s: float = 60.0) -> list[str]:
     """Problems using storage as this process would (``[]``: all fine), one line each naming the URI and the error:
     for ``s3://`` first the credential chain (:func:`s3_credentials_problem`), then, in parallel, each within
@@ -341,7 +342,7 @@ def check_access(*, listed: Sequence[str] = (), read: Sequence[str] = (), write:
     from pipelines.media import storage
 
     probes = ([(u, "list", _probe_list) for u in listed] + [(u, "read", _probe_read) for u in read]
-              + [(u, "write", storage.check_writable) for u in write])
+              + [(u, "read", _probe_input) for u in inputs] + [(u, "write", storage.check_writable) for u in write])
     if not probes:
         return []
     if any(storage.protocol_of(u) in ("s3", "s3a") for u, _, _ in probes):
@@ -392,6 +393,15 @@ def _probe_read(uri: str) -> None:
     fs, path = storage.open_fs(uri)
     with fs.open(path, "rb") as f:
         f.read(1)
+
+
+def _probe_input(uri: str) -> None:
+    """:func:`_probe_read` for a request's input: one that is missing, or a frame folder, is its own row's matter
+    (the run fails that row with the reason), not the storage's; permissions, credentials and timeouts still are."""
+    try:
+        _probe_read(uri)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return
 
 
 def cron_tick_date(cronjob: str, cluster_name: Optional[str] = None, now=None) -> tuple[str, str]:

@@ -61,6 +61,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="a local-path --out is a mount every node sees (needed on a multi-node cluster)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the pre-flight (a worker reads a sample of the inputs and writes a probe under --out "
+                        "before any work starts; see jobs/preflight.py)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,9 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray started here (default: all)")
-    p.add_argument("--no-preflight", action="store_true",
-                   help="skip the pre-flight (a worker reads a sample of the inputs and writes a probe under --out "
-                        "before any work starts; see jobs/preflight.py)")
     add_run_options(p)
     p.set_defaults(func=run)
 

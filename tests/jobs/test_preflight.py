@@ -7,6 +7,7 @@ The session Ray's workers were started before the S3 server, so they get its end
 tasks' runtime env (a real run's workers have them from their node: environment, profile, instance role)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -60,16 +61,17 @@ def test_good_storage_passes_from_a_worker_and_leaves_no_probe(ray_local, driver
     assert not [p for p in s3.find(f"{BUCKET}/out") if ".mf-write-check" in p]  # the probe was removed
 
 
-def test_an_unreadable_input_fails_naming_it(ray_local, driver_s3, s3, bucket):  # noqa: F811
+def test_a_missing_input_is_its_rows_matter_not_the_preflights(ray_local, driver_s3, s3, bucket):  # noqa: F811
+    """One bad request fails its own row, never the job: a missing input passes the pre-flight (the run fails
+    that row with the reason); a missing manifest does not."""
     cfg = _s3_cfg(s3, [{"source": "a.mp4", "driving": "m.parquet"}, {"source": "gone.mp4", "driving": "m.parquet"}],
                   f"{bucket}/out")
+    preflight(cfg, ClusterShape.static(1, 2), runtime_env={"env_vars": driver_s3})
+    gone = dataclasses.replace(cfg, manifest=f"s3://{BUCKET}/in/gone.parquet")
     with pytest.raises(PreflightError) as err:
-        preflight(cfg, ClusterShape.static(1, 2), runtime_env={"env_vars": driver_s3})
-    assert len(err.value.problems) == 1
+        preflight(gone, ClusterShape.static(1, 2), runtime_env={"env_vars": driver_s3})
     (problem,) = err.value.problems
-    assert problem.startswith("from a worker with the edit stage's resources (node ")
-    assert f"{bucket}/in/gone.mp4: cannot read it: FileNotFoundError" in problem
-    assert "nothing was run" in str(err.value) and "--no-preflight" in str(err.value)
+    assert f"{gone.manifest}: the driver cannot read the manifest: FileNotFoundError" in problem
 
 
 def test_an_unwritable_out_fails_naming_it(ray_local, tmp_path):
@@ -134,21 +136,12 @@ def test_a_stage_no_node_can_hold_fails_after_the_wait(ray_local, tmp_path):
 
 
 def test_mf_retarget_stops_before_any_window(ray_local, tmp_path, capfd):
-    """`mf retarget` (in-process, on the session Ray): a missing input and an out under a file each end the run
-    with exit status 2 and the message, and no window, marker or result is written; --no-preflight skips it."""
+    """`mf retarget` (in-process, on the session Ray): an out under a file ends the run with exit status 2 and the
+    message, and nothing is run."""
     from jobs.cli import main
-
-    manifest = _local_run(tmp_path, source="gone.mp4")
-    out = tmp_path / "out"
-    assert main(["retarget", str(manifest), "--out", str(out), "--no-progress"]) == 2
-    err = capfd.readouterr().err
-    assert "pre-flight failed, nothing was run" in err
-    assert f"{tmp_path / 'in' / 'gone.mp4'}: cannot read it: FileNotFoundError" in err
-    assert not (out / "results.parquet").exists() and not (out / "windows").exists()
-    assert not (out / "requests").exists()
 
     (tmp_path / "file").write_text("a file, not a folder")
     blocked = tmp_path / "file" / "out"
     assert main(["retarget", str(_local_run(tmp_path)), "--out", str(blocked), "--no-progress"]) == 2
     err = capfd.readouterr().err
-    assert f"{blocked}: cannot write a file under it: " in err
+    assert f"{blocked}: cannot write a file under it: " in err and "pre-flight failed, nothing was run" in err
