@@ -345,7 +345,7 @@ def main(argv=None) -> int:
         cases = [c for c in cases if c.name == args.only]
     parts = set(args.parts.split(","))
     modes = args.align.split(",") if args.align else [None]
-    cache = Path(args.cache) if args.cache else None
+    cache = Path(args.cache) if args.cache and args.cache.lower() != "none" else None
     keys = KEYS[:4] if args.no_hands else KEYS
     wanted = (lambda name: not args.variants or any(name.startswith(p) for p in args.variants.split(",")))
     t0 = time.time()

@@ -5,7 +5,8 @@ HTTP API (JSON unless stated)::
     POST   /v1/edits               multipart: ``source``/``driving`` files, or ``source_uri``/``driving_uri`` form
                                    fields (allow-listed storage prefixes only), plus request parameters
                                    (steps, guidance_scale (old name cfg), seed, camera, window, overlap, size,
-                                   length_policy, preview, fusion)
+                                   length_policy, preview, fusion, align_mode,
+                                   source_subject, driving_subject)
                                    → 202 {"id", "status_url", "video_url"}
     GET    /v1/edits/{id}          → {"id", "state": queued|running|succeeded|failed, "progress", "error", ...}
     GET    /v1/edits/{id}/video    → video/mp4 (409 while not finished)

@@ -29,7 +29,7 @@ from pipelines.windows.planning import plan_windows
 
 LABELS = ("source", "driving")
 REQUEST_FIELDS = ("steps", "guidance_scale", "seed", "camera", "window", "overlap", "size", "length_policy", "preview",
-                  "fusion", *COLUMN_ALIASES)
+                  "fusion", "align_mode", "source_subject", "driving_subject", *COLUMN_ALIASES)
 CHUNK_BYTES = 1 << 20
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp", ".png", ".apng")
 POSE_EXTS = POSE_TRACK_SUFFIXES

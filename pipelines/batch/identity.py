@@ -3,7 +3,8 @@
 The key of a request (:func:`request_identity`) covers the model (:func:`model_key`: preset, dtype and the weights'
 content identity), every edit parameter (:meth:`~pipelines.batch.requests.Request.edit_params`), the run's options
 that change what is written (:func:`output_options`: pose backend, fit mode, crossfade, output scale, encoder
-settings) and the content identity of both inputs (:func:`pipelines.media.storage.content_identity`: checksum or
+settings), the conditioning's version (:data:`pipelines.conditioning.CONDITIONING_VERSION`: a new alignment rule
+is a new key) and the content identity of both inputs (:func:`pipelines.media.storage.content_identity`: checksum or
 ETag, else size and modification time). Window ids derive from it, so a window file of other weights, another pose
 backend or a replaced source is never found, and the done marker of a request records it, so a finished request is
 skipped only when nothing it depends on changed. Both identities and the key are recorded in the result manifest.
@@ -22,6 +23,7 @@ from typing import Any
 from mf_model.config import RANDOM_WEIGHTS_TAG
 from pipelines.batch.config import ModelSpec, ProcessingOptions
 from pipelines.batch.requests import Request
+from pipelines.conditioning import CONDITIONING_VERSION
 from pipelines.media import storage
 from pipelines.windows import ids
 
@@ -66,7 +68,7 @@ def request_identity(req: Request, model: str, processing: ProcessingOptions) ->
     """The identity of ``req`` edited by the model of key ``model`` (:func:`model_key`) in a run of ``processing``."""
     src, drv = _identity_or_blank(req.source), _identity_or_blank(req.driving)
     key = ids.params_hash({"model": model, "params": req.edit_params(), "options": output_options(processing),
-                           "source": src, "driving": drv})
+                           "source": src, "driving": drv, "conditioning": CONDITIONING_VERSION})
     return RequestIdentity(src, drv, key)
 
 

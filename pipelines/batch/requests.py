@@ -29,6 +29,15 @@ column            default      meaning
 ``fusion``        crossfade    long-video mode: ``crossfade`` (windows edited apart, blended in pixels) or
                                ``fused`` (up to 8 consecutive windows denoised together, their shared latents
                                fused after every step, each group on one edit actor; groups are crossfaded)
+``align_mode``    similarity   how the driving skeleton is fitted to the source person: ``similarity`` (one
+                               scale from the span both people show), ``limbs`` (each limb rescaled to the
+                               source's lengths) or ``silhouette`` (whole silhouette heights, the official rule;
+                               wrong where the frame cuts one person): see :mod:`pipelines.conditioning.align`
+``source_subject`` most        the person to follow where the source shows several: a point ``x,y`` or a box
+                  prominent    ``x0,y0,x1,y1`` on the first edited source frame, in the video's displayed
+                               pixels (JSON ``[x, y]``, ``{"box": [...]}`` also); followed through the clip
+``driving_subject`` most       the same for the driving video (a pose-track driving takes none)
+                  prominent
 ================  ===========  ===========================================================================
 
 Unknown columns, and a column named twice (a CSV or Parquet header), make the whole manifest invalid
@@ -74,6 +83,9 @@ from mf_model.window import FUSION_MODES, MAX_WINDOW_FRAMES, EditOptions
 from pipelines.batch.manifest_clashes import clash_reasons
 from pipelines.batch.manifest_files import JsonNumber, read_rows, write_manifest
 from pipelines.batch.manifest_limits import MAX_TEXT_CHARS, MAX_VALUE_CHARS, ManifestError, show
+from pipelines.conditioning.align import ALIGN_MODES, DEFAULT_ALIGN_MODE
+from pipelines.conditioning.poses.keypoints import POSE_TRACK_SUFFIXES
+from pipelines.conditioning.poses.subject import SubjectHint
 from pipelines.media import storage
 from pipelines.media.timeline import DEFAULT_LENGTH_POLICY, LENGTH_POLICIES
 from pipelines.windows import ids
@@ -117,16 +129,21 @@ class Request:
     preview: bool = False
     length_policy: str = DEFAULT_LENGTH_POLICY
     fusion: str = EditOptions.fusion  # one of mf_model.window.FUSION_MODES
+    align_mode: str = DEFAULT_ALIGN_MODE  # one of pipelines.conditioning.align.ALIGN_MODES
+    source_subject: Optional[str] = None  # the chosen person: canonical JSON of a SubjectHint (video pixels)
+    driving_subject: Optional[str] = None
     row: int = 0  # 1-based row number in the manifest
 
     EDIT_PARAMS = ("steps", "guidance_scale", "seed", "camera", "window", "overlap", "size", "fps", "frame_start",
-                   "frame_end", "length_policy", "fusion")
-    # parameters left out of edit_params() at these values: the ids and keys of requests that predate them stay
-    DEFAULT_FREE_PARAMS = (("fusion", EditOptions.fusion),)
+                   "frame_end", "length_policy", "fusion", "align_mode", "source_subject", "driving_subject")
+    # parameters left out of edit_params() at these values: the ids of requests that predate them stay
+    DEFAULT_FREE_PARAMS = (("fusion", EditOptions.fusion), ("align_mode", DEFAULT_ALIGN_MODE),
+                           ("source_subject", None), ("driving_subject", None))
 
     def edit_params(self) -> dict[str, Any]:
-        """Parameters that change the edited frames (these key the window ids). ``fusion`` is in it only when
-        ``fused``: a crossfade request keeps the request id, window ids and content key it had before the column."""
+        """Parameters that change the edited frames (these key the window ids). Those of
+        :data:`DEFAULT_FREE_PARAMS` are in it only away from their defaults: a request that does not use a newer
+        column keeps the request id it had before the column."""
         free = dict(self.DEFAULT_FREE_PARAMS)
         return {k: getattr(self, k) for k in self.EDIT_PARAMS if k not in free or getattr(self, k) != free[k]}
 
@@ -236,6 +253,15 @@ def _as_bool(col: str, v: Any) -> bool:
     raise _RowError(f"column '{col}': expected true/false, got {show(v)}")
 
 
+def _as_subject(col: str, v: Any) -> Optional[str]:
+    """A subject hint (:meth:`SubjectHint.parse`: text, a list of 2 or 4 numbers, a dict) as canonical JSON."""
+    try:
+        hint = SubjectHint.parse(_native(v) if not hasattr(v, "tolist") else v.tolist())
+    except (TypeError, ValueError) as exc:
+        raise _RowError(f"column '{col}': {exc}") from None
+    return None if hint is None else ids.canonical_json(hint.to_dict())
+
+
 def _as_str(col: str, v: Any) -> str:
     if not isinstance(v, str) or isinstance(v, JsonNumber):
         raise _RowError(f"column '{col}': expected a string, got {show(v)}")
@@ -246,7 +272,8 @@ _COERCE = {
     "request_id": _as_str, "source": _as_str, "driving": _as_str, "output": _as_str, "steps": _as_int,
     "guidance_scale": _as_float, "seed": _as_int, "camera": _as_bool, "window": _as_int, "overlap": _as_int,
     "size": _as_int, "fps": _as_float, "frame_start": _as_int, "frame_end": _as_int, "preview": _as_bool,
-    "length_policy": _as_str, "fusion": _as_str,
+    "length_policy": _as_str, "fusion": _as_str, "align_mode": _as_str, "source_subject": _as_subject,
+    "driving_subject": _as_subject,
 }
 COLUMNS = tuple(_COERCE)
 COLUMN_ALIASES = {"cfg": "guidance_scale"}  # old name → column; a manifest may use either, not both
@@ -281,6 +308,10 @@ def _check_values(p: dict[str, Any], names: Mapping[str, str]) -> None:
         bad("length_policy", f"must be one of {', '.join(LENGTH_POLICIES)}")
     if p["fusion"] not in FUSION_MODES:
         bad("fusion", f"must be one of {', '.join(FUSION_MODES)}")
+    if p["align_mode"] not in ALIGN_MODES:
+        bad("align_mode", f"must be one of {', '.join(ALIGN_MODES)}")
+    if p["driving_subject"] is not None and p["driving"].lower().endswith(POSE_TRACK_SUFFIXES):
+        bad("driving_subject", "is for a driving video; a pose-track driving holds one person already")
     for col in ("source", "driving"):
         if not p[col]:
             raise _RowError(f"column '{col}' is required and empty")
@@ -316,6 +347,7 @@ def parse_row(raw: Mapping[str, Any], row: int, out: str, base: str = "") -> Req
             p[col] = _COERCE[col](name, v)
     p["length_policy"] = p["length_policy"].lower()
     p["fusion"] = p["fusion"].lower()
+    p["align_mode"] = p["align_mode"].lower()
     _check_values(p, names)
     p["source"] = storage.resolve(base, p["source"])
     p["driving"] = storage.resolve(base, p["driving"])

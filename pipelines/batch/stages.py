@@ -45,9 +45,11 @@ from pipelines.conditioning import (
     prepare_window,
     read_pose_track,
     reference_alignment,
+    subject_track,
 )
 from pipelines.conditioning.poses.keypoints import POSE_TRACK_SUFFIXES
 from pipelines.conditioning.poses.registry import DEFAULT_BACKEND
+from pipelines.conditioning.poses.subject import SubjectTrack
 from pipelines.conditioning.window_inputs import MODEL_INPUTS
 from pipelines.media import fit_geometry, probe_video, storage
 from pipelines.media.geometry import DEFAULT_FIT_MODE
@@ -74,12 +76,26 @@ class Conditioner:
     def index_map(self, source_info, driving, policy: str) -> tuple[int, list[int]]:
         return driving_index_map(source_info, driving, policy)
 
+    def subjects(self, req: Request, source_indices: list[int], driving_map: list[int], source_info,
+                 driving) -> tuple[Optional[SubjectTrack], Optional[SubjectTrack]]:
+        """The request's chosen people (``source_subject`` / ``driving_subject``) followed through the frames it
+        uses, once per request; None where the request names none (the most prominent person)."""
+        src = drv = None
+        if req.source_subject:
+            src = subject_track(req.source, req.source_subject, source_indices, req.size, self.fit_mode,
+                                self.pose_backend, info=source_info)
+        if req.driving_subject and hasattr(driving, "kind"):
+            drv = subject_track(req.driving, req.driving_subject, driving_map, req.size, self.fit_mode,
+                                self.pose_backend, info=driving)
+        return src, drv
+
     def alignment(self, req: Request, source_indices: list[int], driving_map: list[int], source_info,
-                  driving) -> AlignTransform:
+                  driving, subjects=(None, None)) -> AlignTransform:
         is_video = hasattr(driving, "kind")
         return reference_alignment(req.source, req.driving if is_video else driving, source_indices, driving_map,
                                    req.size, self.fit_mode, backend=self.pose_backend, source_info=source_info,
-                                   driving_info=driving if is_video else None)
+                                   driving_info=driving if is_video else None, align_mode=req.align_mode,
+                                   source_subject=subjects[0], driving_subject=subjects[1])
 
     def window_arrays(self, task: WindowTask) -> dict[str, np.ndarray]:
         req = task.request
@@ -87,7 +103,8 @@ class Conditioner:
         return prepare_window(req.source, req.driving, task.source_indices, task.driving_indices,
                               task.plan.transform, req.size, self.fit_mode, self.pose_backend,
                               source_info=self.probe(req.source, req.fps),
-                              driving_info=driving if hasattr(driving, "kind") else None, keys=MODEL_INPUTS)
+                              driving_info=driving if hasattr(driving, "kind") else None, keys=MODEL_INPUTS,
+                              source_subject=task.source_subject, driving_subject=task.driving_subject)
 
 
 def conditioner_for(cfg: RunConfig) -> Conditioner:
@@ -96,7 +113,7 @@ def conditioner_for(cfg: RunConfig) -> Conditioner:
 
 # ------------------------------------------------------------------------------------------------ plan
 
-def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan, list[int], list[int]]:
+def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan, list[int], list[int], tuple]:
     s_info = cond.probe(req.source, req.fps)
     driving = cond.driving(req.driving)
     start = min(req.frame_start, s_info.frames)
@@ -108,7 +125,8 @@ def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan,
     if n <= 0:
         raise ValueError("no output frames (empty driving motion?)")
     src_idx = [start + k for k in range(n)]
-    transform = cond.alignment(req, src_idx, dmap, s_info, driving)
+    subjects = cond.subjects(req, src_idx, dmap, s_info, driving)
+    transform = cond.alignment(req, src_idx, dmap, s_info, driving, subjects)
     media = getattr(s_info, "media", None)
     timeline = getattr(s_info, "timeline", None)
     plan = RequestPlan(frames=n, fps=fraction_str(s_info.rate), source_fps=media.fps if media else float(s_info.fps),
@@ -119,7 +137,7 @@ def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan,
                        tone_mapped=bool(getattr(s_info, "tone_mapped", False)),
                        geometry=fit_geometry((s_info.height, s_info.width), req.size, cfg.processing.fit_mode),
                        source_hw=(int(s_info.height), int(s_info.width)), transform=transform)
-    return plan, src_idx, dmap
+    return plan, src_idx, dmap, subjects
 
 
 def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:
@@ -128,7 +146,7 @@ def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: 
     (a group: when all its windows are); any other file there is recomputed."""
     t0 = time.perf_counter()
     try:
-        plan, src_idx, dmap = _plan(req, cfg, cond)
+        plan, src_idx, dmap, subjects = _plan(req, cfg, cond)
         wins = plan_windows(plan.frames, req.window, req.overlap)
         if req.fusion == "fused":
             tasks = [_group_task(req, identity, plan, [wins[k] for k in g], src_idx, dmap, cfg)
@@ -141,6 +159,8 @@ def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: 
                     request=req, identity=identity, plan=plan, window_id=wid, index=w.index, start=w.start,
                     end=w.end, source_indices=src_idx[w.start:w.end], driving_indices=dmap[w.start:w.end],
                     uri=cfg.window_uri(req.request_id, wid)))
+        for task in tasks:
+            _give_subjects(task, subjects)
     except Exception as exc:  # noqa: BLE001 - one bad request fails its own row
         log.info("plan failed for %s: %s", req.request_id, exc)
         return [WindowTask(req, identity, times=StageTimes(probe=time.perf_counter() - t0)).fail("plan", exc)]
@@ -149,6 +169,15 @@ def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: 
         task.count, task.times.probe = len(tasks), share
         task.status = SKIPPED if cached_window_ok(task) else PENDING
     return tasks
+
+
+def _give_subjects(task: WindowTask, subjects: tuple) -> None:
+    """The part of each subject track a task's frames need (its span, and the last box before it)."""
+    src, drv = subjects
+    if src is not None:
+        task.source_subject = src.within(task.source_indices)
+    if drv is not None:
+        task.driving_subject = drv.within(task.driving_indices)
 
 
 def _fusion_groups(n: int) -> list[range]:

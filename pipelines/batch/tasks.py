@@ -33,6 +33,7 @@ from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
 from pipelines.batch.status import FAILED, PENDING
 from pipelines.conditioning.align import AlignTransform
+from pipelines.conditioning.poses.subject import SubjectTrack
 
 PLAN_FAILED = -1  # the index of the single task a failed plan emits
 
@@ -115,6 +116,9 @@ class WindowTask:
     driving_indices: list[int] = field(default_factory=list)
     uri: str = ""  # where the edited frames are written (a group's members have their own files)
     group: list[GroupWindow] = field(default_factory=list)  # a fused group's windows, in frame order; else empty
+    # the chosen people (Request.source_subject / driving_subject) over this task's frames (fitted pixels)
+    source_subject: Optional[SubjectTrack] = None
+    driving_subject: Optional[SubjectTrack] = None
     status: str = PENDING
     error: Optional[str] = None
     times: StageTimes = field(default_factory=StageTimes)

@@ -27,7 +27,13 @@ from pipelines.conditioning.window_inputs import (
 )
 from pipelines.media.timeline import LENGTH_POLICIES
 
-__all__ = ["ALIGN_MODES", "DEFAULT_ALIGN_MODE", "LAYOUT", "LENGTH_POLICIES", "AlignTransform", "PoseExtractor",
+# the version of what conditioning makes of a request (poses, alignment, masks): bump it with any change that alters
+# the prepared arrays of an unchanged request, so that window files made before it are never reused
+# (pipelines.batch.identity keys on it). 2: the similarity alignment default and per-request subjects.
+CONDITIONING_VERSION = 2
+
+__all__ = ["ALIGN_MODES", "CONDITIONING_VERSION", "DEFAULT_ALIGN_MODE", "LAYOUT", "LENGTH_POLICIES", "AlignTransform",
+           "PoseExtractor",
            "PoseTrack", "SubjectHint", "SubjectTrack", "aligned_masks", "apply_alignment", "compute_alignment",
            "driving_index_map", "extract_poses", "get_extractor", "identity_alignment", "person_masks",
            "predicted_masks", "prepare", "prepare_window", "read_pose_track", "reference_alignment", "render_poses",

@@ -318,3 +318,14 @@ def test_sweep_expires_ended_edits_and_tombstones_in_bounded_passes(tmp_path):
     store.write(ns, lost, {"id": lost, "state": "running"})
     assert sweeper._edit(ns, lost, later) == 1
     assert store.buried(ns, lost) and not (tmp_path / "edits" / ns / lost).exists()
+
+
+def test_alignment_and_subject_form_fields():
+    cfg = ServeConfig()
+    req = parse_edit(FormData([("align_mode", "limbs"), ("source_subject", "120, 80"),
+                               ("driving_subject", "10,20,110,300")]), "a" * 24, "/srv/x", cfg)
+    assert req.align_mode == "limbs" and req.source_subject == '{"point":[120,80]}'
+    assert req.driving_subject == '{"box":[10,20,110,300]}'
+    with pytest.raises(HTTPException) as err:
+        parse_edit(FormData([("source_subject", "120")]), "a" * 24, "/srv/x", cfg)
+    assert err.value.status_code == 422 and "source_subject" in err.value.detail

@@ -52,6 +52,9 @@ TORSO = (11, 12, 24, 23)
 SAME_PERSON_INSIDE = 0.5
 # the subject is found again in the next frame only in a box overlapping its previous one at least this much
 FOLLOW_MIN_IOU = 0.1
+# ... and of an area within this factor of it: a box several times larger is a detection that merged the subject
+# with somebody next to them (seen on the bystander validation clips), not the subject
+FOLLOW_MAX_GROWTH = 2.5
 
 # a box hint picks the person overlapping it at least this much (intersection over union); a point hint the person
 # whose body region (limbs drawn thick) it is on, or nearest to it within this fraction of the frame's longer side
@@ -261,15 +264,22 @@ def _inside(lm: np.ndarray, region: np.ndarray) -> float:
 
 def follow(people: list[Person], previous: Optional[Box]) -> int:
     """Index of the subject among ``people``: the most prominent when there is no previous box, else the one
-    overlapping it most. -1 when nobody is there, or nobody overlaps the previous box by ``FOLLOW_MIN_IOU`` (the
-    subject was not found in this frame: never switch to somebody else)."""
+    overlapping it most. -1 when nobody is there, or nobody of about its size (area within
+    :data:`FOLLOW_MAX_GROWTH` either way) overlaps the previous box by ``FOLLOW_MIN_IOU`` (the subject was not found
+    in this frame: never switch to somebody else, nor to a detection that merged the subject with a neighbour)."""
     if not people:
         return -1
     if previous is None:
         return int(np.argmax([p.prominence for p in people]))
-    overlaps = [box_iou(p.box, previous) for p in people]
+    area = _box_area(previous)
+    overlaps = [box_iou(p.box, previous) if 1 / FOLLOW_MAX_GROWTH <= _box_area(p.box) / area <= FOLLOW_MAX_GROWTH
+                else 0.0 for p in people]
     best = int(np.argmax(overlaps))
     return best if overlaps[best] >= FOLLOW_MIN_IOU else -1
+
+
+def _box_area(box: Box) -> float:
+    return max(1e-6, (box[2] - box[0]) * (box[3] - box[1]))
 
 
 def pick(people: list[Person], hint: SubjectHint, width: int, height: int) -> int:
@@ -390,6 +400,18 @@ class SubjectTrack:
             return None
         before = [b for f, b in found if f <= frame]
         return SubjectHint(box=before[-1] if before else found[0][1])
+
+    def within(self, indices) -> SubjectTrack:
+        """The part of the track that frames ``indices`` need: its entries from the last found box at or before
+        their first frame on, up to their last frame (what :meth:`hint_at` answers for any of them)."""
+        if not len(indices):
+            return SubjectTrack((), ())
+        lo, hi = min(indices), max(indices)
+        found = [k for k, b in enumerate(self.boxes) if b is not None]
+        before = [k for k in found if self.frames[k] <= lo]
+        anchor = before[-1:] or found[:1]  # what hint_at(lo) answers from
+        keep = sorted(set(anchor) | {k for k, f in enumerate(self.frames) if lo < f <= hi})
+        return SubjectTrack(tuple(self.frames[k] for k in keep), tuple(self.boxes[k] for k in keep))
 
     def to_dict(self) -> dict:
         return {"frames": list(self.frames), "boxes": [None if b is None else list(b) for b in self.boxes]}

@@ -3,7 +3,9 @@ pipeline wrote by hand before: literal copies of those are kept here, field orde
 result manifest is read by users; the task schema moves windows between Ray Data stages). One name changed since:
 the request identity column of the task and plan-input schemas, ``inputs`` then, is ``identity``; and the fused
 long-video mode (issue 31) added ``fusion`` to the request struct and the result manifest and ``group`` (a fused
-group's member windows) to the task schema. And the helper
+group's member windows) to the task schema; the alignment and subject columns (issue 30) added ``align_mode``,
+``source_subject`` and ``driving_subject`` to the request struct and the two subjects' tracks to the task schema.
+And the helper
 itself: hints → Arrow types, per-field declarations, the value round trip; the alignment transform's dict
 boundary."""
 from __future__ import annotations
@@ -29,7 +31,8 @@ OLD_REQUEST_TYPE = pa.struct([
     ("preview_output", pa.string()), ("steps", pa.int64()), ("guidance_scale", pa.float64()), ("seed", pa.int64()),
     ("camera", pa.bool_()), ("window", pa.int64()), ("overlap", pa.int64()), ("size", pa.int64()),
     ("fps", pa.float64()), ("frame_start", pa.int64()), ("frame_end", pa.int64()), ("preview", pa.bool_()),
-    ("length_policy", pa.string()), ("fusion", pa.string()), ("row", pa.int64()),
+    ("length_policy", pa.string()), ("fusion", pa.string()), ("align_mode", pa.string()),
+    ("source_subject", pa.string()), ("driving_subject", pa.string()), ("row", pa.int64()),
 ])
 OLD_TRANSFORM_TYPE = pa.struct([
     ("version", pa.int64()), ("mode", pa.string()), ("size", pa.list_(pa.int64())), ("global_scale", pa.float64()),
@@ -50,12 +53,15 @@ OLD_MODEL_IDENTITY_TYPE = pa.map_(pa.string(), pa.string())
 OLD_REQUEST_IDENTITY_TYPE = pa.struct([("source", pa.string()), ("driving", pa.string()), ("key", pa.string())])
 OLD_GROUP_WINDOW_TYPE = pa.struct([("index", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
                                    ("window_id", pa.string()), ("uri", pa.string())])  # a fused group's member
+OLD_SUBJECT_TRACK_TYPE = pa.struct([("frames", pa.list_(pa.int64())),  # a chosen person's boxes over a task
+                                    ("boxes", pa.list_(pa.list_(pa.float64())))])
 OLD_TASK_SCHEMA = pa.schema([
     ("request", OLD_REQUEST_TYPE), ("identity", OLD_REQUEST_IDENTITY_TYPE), ("plan", OLD_PLAN_TYPE),
     ("window_id", pa.string()),
     ("index", pa.int32()), ("count", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
     ("source_indices", pa.list_(pa.int64())), ("driving_indices", pa.list_(pa.int64())), ("uri", pa.string()),
     ("group", pa.list_(OLD_GROUP_WINDOW_TYPE)),
+    ("source_subject", OLD_SUBJECT_TRACK_TYPE), ("driving_subject", OLD_SUBJECT_TRACK_TYPE),
     ("status", pa.string()), ("error", pa.string()), ("times", OLD_TIMES_TYPE),
     ("model_identity", OLD_MODEL_IDENTITY_TYPE),
     ("prepare_node", pa.string()), ("edit_node", pa.string()), ("payload", pa.large_binary()),

@@ -46,7 +46,7 @@ class FakeConditioner(Conditioner):
         self.probed.append(uri)
         return VideoInfo(uri=uri, frames=12, fps=24.0, width=48, height=32)
 
-    def alignment(self, req, source_indices, driving_map, source_info, driving):
+    def alignment(self, req, source_indices, driving_map, source_info, driving, subjects=(None, None)):
         return AlignTransform(version=1, size=(req.size, req.size), global_scale=1.0, bone_scale={}, src_anchor=None,
                               drv_anchor=None, width_ratio=1.0)
 
