@@ -5,7 +5,8 @@ consume`), in any order, and groups them per request. A request is complete when
 in (``count`` is the request's number of tasks: of windows, or of groups for a fused request, whose tasks
 carry several windows each); then one finish task (a Ray core task, ``stitch_cpus`` CPUs and ``max_retries`` retries:
 :func:`~pipelines.batch.finish.finish_request`) stitches and encodes it, while the stream goes on. A failed plan
-(one task, ``index == PLAN_FAILED``) is finished in the driver at once. A finish task that dies gives a failed row
+(one task, ``index == PLAN_FAILED``) is finished in the driver at once; a request an earlier run finished (one
+task, ``index == REQUEST_DONE``) gives the row the plan stage found. A finish task that dies gives a failed row
 (``stitch: ...``); a request whose windows never all came back (rows lost: a bug) a failed row naming the count.
 
 It also keeps what the run reports: the result rows (each with ``seconds_total`` from the run's start), the
@@ -75,6 +76,9 @@ class RequestCollector:
         self.close()
 
     def add_task(self, task: WindowTask) -> None:
+        if task.request_done:  # finished by an earlier run: the plan stage found its row
+            self.add_result(task.result)
+            return
         if task.plan_failed:
             self.add_result(finish_request([task], self.cfg))
             return

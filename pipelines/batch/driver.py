@@ -3,9 +3,11 @@
 :func:`run_pipeline` reads as its steps (docs/architecture.md, "One request through a batch run"); rows are requests,
 then windows, never frames or whole videos::
 
-    config fitted to the cluster, run id ─▶ manifest ─▶ triage (driver): invalid, unwritable and finished requests
-        get their rows now (a finished one ``skipped``), the rest go on with their identities
-    ─▶ plan (Ray task per request, CPU): probe, length map, alignment, windows       ┐ Ray Data stages
+    config fitted to the cluster, run id ─▶ manifest ─▶ triage (driver): invalid requests (and all, for an
+        unwritable --out) get their rows now; nothing is looked up per request in the driver
+    ─▶ plan (Ray task per request, CPU; past 1,024 requests a task per block of      ┐ Ray Data stages
+       several): identity and done marker (a finished request: one ``skipped``       │
+       task holding its row), probe, length map, alignment, windows                  │
     ─▶ prepare (fixed CPU actor pool): decode the window's frames only, poses,      │ (pipelines.batch.ray_stages,
        masks, renders                                                                │ one row per batch)
     ─▶ edit (fixed actor pool holding the model): edit, write the window's frames   │
@@ -33,8 +35,7 @@ from typing import Any, Optional
 
 from pipelines.batch.collector import Progress, RequestCollector
 from pipelines.batch.config import ClusterShape, RunConfig
-from pipelines.batch.finish import result_row, skipped_row
-from pipelines.batch.identity import model_key, request_identities
+from pipelines.batch.identity import model_key
 from pipelines.batch.metrics import PipelineMetrics
 from pipelines.batch.ray_stages import EditStage, PlanStage, PrepareStage, configure_data_context
 from pipelines.batch.requests import Manifest, read_manifest
@@ -45,6 +46,9 @@ from pipelines.batch.tasks import RequestRow, error_text, requests_table
 from pipelines.media import storage
 
 log = logging.getLogger(__name__)
+
+ONE_PER_BLOCK = 1024  # manifests up to this many requests: a plan block (task) per request
+MAX_BLOCK_ROWS = 256  # at most this many requests per plan block
 
 
 @dataclass
@@ -80,13 +84,21 @@ class RunSummary:
         return self.model_seconds / denom if denom > 0 else 0.0
 
 
+def plan_block_rows(n: int) -> int:
+    """Requests per plan block (a plan task each): one up to :data:`ONE_PER_BLOCK` requests (every request planned
+    in parallel), then more, up to :data:`MAX_BLOCK_ROWS`, so that a large manifest is at most about
+    :data:`ONE_PER_BLOCK` blocks: the driver's start does not grow with the manifest's size."""
+    return max(1, min(MAX_BLOCK_ROWS, -(-n // ONE_PER_BLOCK)))
+
+
 def _stream(cfg: RunConfig, todo: list[RequestRow], edit_stage: type[EditStage]) -> Iterator[Any]:
     """The Ray Data pipeline over ``todo``: an iterator of Arrow batches of window tasks."""
     import ray.data
 
     configure_data_context()
-    ds = ray.data.from_arrow([requests_table([row]) for row in todo])  # a block per request: a plan task each
-    for stage in (PlanStage(cfg), PrepareStage(cfg), edit_stage(cfg)):
+    k = plan_block_rows(len(todo))
+    ds = ray.data.from_arrow([requests_table(todo[i:i + k]) for i in range(0, len(todo), k)])
+    for stage in (PlanStage(cfg, model=model_key(cfg.model)), PrepareStage(cfg), edit_stage(cfg)):
         ds = add_stage(ds, stage)
     return ds.iter_batches(**BATCH)
 
@@ -135,20 +147,19 @@ def _out_error(cfg: RunConfig) -> Optional[str]:
 
 
 def triage(man: Manifest, cfg: RunConfig, add_result: Callable[[ResultRow], None]) -> list[RequestRow]:
-    """Result rows (to ``add_result``) for invalid, unwritable and already finished requests; the rest, with their
-    identities (model, edit parameters, output options, input contents: :mod:`pipelines.batch.identity`), to do."""
+    """Result rows (to ``add_result``) for invalid requests, and for every request when ``--out`` is not writable;
+    the rest to do. Nothing is looked up per request here: identities (model, edit parameters, output options, input
+    contents: :mod:`pipelines.batch.identity`) and done markers are the plan stage's
+    (:func:`~pipelines.batch.stages.plan_row`), so the first window does not wait for the whole manifest's
+    metadata calls."""
     for bad in man.invalid:
         add_result(ResultRow.for_invalid(bad))
     out_error = _out_error(cfg)
-    todo = []
-    for req, ident in zip(man.requests, request_identities(man.requests, model_key(cfg.model), cfg.processing)):
-        if out_error:
-            add_result(result_row(req, ident, FAILED, error=out_error))
-        elif (done := skipped_row(req, ident, cfg)) is not None:
-            add_result(done)
-        else:
-            todo.append(RequestRow(req, ident))
-    return todo
+    if out_error:
+        for req in man.requests:
+            add_result(ResultRow.for_request(req, FAILED, error=out_error))
+        return []
+    return [RequestRow(req) for req in man.requests]
 
 
 def _summary(cfg: RunConfig, results: list[ResultRow], col: RequestCollector) -> RunSummary:

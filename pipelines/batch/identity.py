@@ -16,7 +16,6 @@ into :data:`OUTPUT_OPTIONS` or :data:`NON_OUTPUT_OPTIONS` (a test checks that ev
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,6 @@ from pipelines.media import storage
 from pipelines.windows import ids
 
 log = logging.getLogger(__name__)
-
-LOOKUP_THREADS = 16  # content identities are metadata calls (HEAD on object stores): overlap them
 
 # the ProcessingOptions that change the written windows (pose_backend, fit_mode) or the video (the rest)
 OUTPUT_OPTIONS = ("pose_backend", "fit_mode", "crossfade", "output_scale", "encode_preset", "encode_crf")
@@ -70,11 +67,3 @@ def request_identity(req: Request, model: str, processing: ProcessingOptions) ->
     key = ids.params_hash({"model": model, "params": req.edit_params(), "options": output_options(processing),
                            "source": src, "driving": drv, "conditioning": CONDITIONING_VERSION})
     return RequestIdentity(src, drv, key)
-
-
-def request_identities(reqs: list[Request], model: str, processing: ProcessingOptions) -> list[RequestIdentity]:
-    """:func:`request_identity` of many requests, their metadata lookups overlapped."""
-    if len(reqs) <= 1:
-        return [request_identity(r, model, processing) for r in reqs]
-    with ThreadPoolExecutor(min(LOOKUP_THREADS, len(reqs))) as pool:
-        return list(pool.map(lambda r: request_identity(r, model, processing), reqs))

@@ -3,7 +3,7 @@
 of :mod:`pipelines.batch.stages`; the driver adds them with :func:`~pipelines.batch.stage_base.add_stage`.
 
 - :class:`PlanStage` — a Ray task per request (``plan_cpus``, ``plan_memory``): a
-  :class:`~pipelines.batch.tasks.RequestRow` → its window tasks (:func:`~pipelines.batch.stages.plan_request`).
+  :class:`~pipelines.batch.tasks.RequestRow` → its window tasks (:func:`~pipelines.batch.stages.plan_row`).
 - :class:`PrepareStage` — a fixed CPU actor pool (``prepare_actors``, ``prepare_cpus``, ``prepare_memory``,
   ``prepare_resources``): a window → its model inputs (:func:`~pipelines.batch.stages.prepare_task`).
 - :class:`EditStage` — a fixed actor pool holding the model (``actors``, ``gpus_per_actor``, ``cpus_per_actor``,
@@ -26,9 +26,11 @@ from __future__ import annotations
 import logging
 import time
 
+from pipelines.batch.config import RunConfig
+from pipelines.batch.identity import model_key
 from pipelines.batch.retry import bounded_attempt
 from pipelines.batch.stage_base import Stage, Workers
-from pipelines.batch.stages import conditioner_for, edit_task, plan_request, prepare_task
+from pipelines.batch.stages import conditioner_for, edit_task, plan_row, prepare_task
 from pipelines.batch.tasks import RequestRow, WindowTask
 
 log = logging.getLogger(__name__)
@@ -56,15 +58,20 @@ class PlanStage(Stage):
 
     row_type = RequestRow
 
+    def __init__(self, cfg: RunConfig, *, model: str = "", in_actor: bool = False) -> None:
+        self.model_key = model  # the model's part of the content keys (identity.model_key), found once by the driver
+        super().__init__(cfg, in_actor=in_actor)
+
     def workers(self) -> Workers:
         res = self.cfg.resources
         return Workers(num_cpus=res.plan_cpus, memory=res.plan_memory)
 
     def setup(self) -> None:
         self.cond = conditioner_for(self.cfg)
+        self.model_key = self.model_key or model_key(self.cfg.model)
 
     def process(self, row: RequestRow) -> list[WindowTask]:
-        return plan_request(row.request, row.identity, self.cfg, self.cond)
+        return plan_row(row, self.cfg, self.cond, self.model_key)
 
 
 class PrepareStage(Stage):

@@ -5,7 +5,8 @@ single-request path (:mod:`pipelines.batch.single`) both call exactly these, so 
 rows either way.
 Stitching a finished request is in :mod:`pipelines.batch.finish`.
 
-- :func:`plan_request` — probe each input once, map driving frames to output frames, compute the alignment once,
+- :func:`plan_row` — the request's identity and done check (a finished request: one ``skipped`` task), then
+  :func:`plan_request` — probe each input once, map driving frames to output frames, compute the alignment once,
   plan the windows: one :class:`~pipelines.batch.tasks.WindowTask` per window (``skipped`` when its frames are
   already written, load and have the right shape; window ids derive from the request's identity key).
 - :func:`prepare_task` — decode the window's frames only, poses, masks, renders → the task's npz payload.
@@ -35,10 +36,11 @@ import numpy as np
 
 from pipelines.batch.cancel import Cancel, Cancelled, check_cancel
 from pipelines.batch.config import RunConfig
-from pipelines.batch.identity import RequestIdentity
+from pipelines.batch.finish import skipped_row
+from pipelines.batch.identity import RequestIdentity, request_identity
 from pipelines.batch.requests import Request
 from pipelines.batch.status import PENDING, SKIPPED, SUCCEEDED
-from pipelines.batch.tasks import GroupWindow, RequestPlan, StageTimes, WindowTask
+from pipelines.batch.tasks import REQUEST_DONE, GroupWindow, RequestPlan, RequestRow, StageTimes, WindowTask
 from pipelines.conditioning import (
     AlignTransform,
     driving_index_map,
@@ -138,6 +140,19 @@ def _plan(req: Request, cfg: RunConfig, cond: Conditioner) -> tuple[RequestPlan,
                        geometry=fit_geometry((s_info.height, s_info.width), req.size, cfg.processing.fit_mode),
                        source_hw=(int(s_info.height), int(s_info.width)), transform=transform)
     return plan, src_idx, dmap, subjects
+
+
+def plan_row(row: RequestRow, cfg: RunConfig, cond: Conditioner, model: str) -> list[WindowTask]:
+    """The plan stage's call for one request: its identity (content lookups of both inputs, made here on a plan
+    worker rather than for the whole manifest in the driver; ``model``: :func:`~pipelines.batch.identity.model_key`),
+    then, for a request an earlier run finished under the same key, one ``skipped`` task holding its result row
+    (``index == REQUEST_DONE``); else :func:`plan_request`."""
+    req = row.request
+    identity = row.identity or request_identity(req, model, cfg.processing)
+    done = skipped_row(req, identity, cfg)
+    if done is not None:
+        return [WindowTask(req, identity, index=REQUEST_DONE, count=1, status=SKIPPED, result=done)]
+    return plan_request(req, identity, cfg, cond)
 
 
 def plan_request(req: Request, identity: RequestIdentity, cfg: RunConfig, cond: Conditioner) -> list[WindowTask]:

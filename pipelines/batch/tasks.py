@@ -12,7 +12,9 @@ from these dataclasses (and :class:`~pipelines.batch.requests.Request`,
 :class:`~pipelines.conditioning.align.AlignTransform`) by :mod:`pipelines.batch.arrow_types`: a field's Arrow type
 is declared on the field, nowhere else.
 
-A request whose plan failed is one task with ``index == PLAN_FAILED`` and ``plan is None``.
+A request whose plan failed is one task with ``index == PLAN_FAILED`` and ``plan is None``; a request an earlier run
+finished (the plan stage found its done marker under the same content key) is one ``skipped`` task with
+``index == REQUEST_DONE`` carrying its result row (``result``).
 
 A ``fused`` request (``Request.fusion``) moves as one task per fusion group (``mf_model.fusion_plan.fusion_groups``):
 its ``group`` lists the member windows (:class:`GroupWindow`: index, span, window id, file), its ``start``/``end``,
@@ -31,11 +33,13 @@ import pyarrow as pa
 from pipelines.batch.arrow_types import arrow_field, arrow_schema, arrow_struct, from_arrow, to_arrow
 from pipelines.batch.identity import RequestIdentity
 from pipelines.batch.requests import Request
+from pipelines.batch.results import ResultRow
 from pipelines.batch.status import FAILED, PENDING
 from pipelines.conditioning.align import AlignTransform
 from pipelines.conditioning.poses.subject import SubjectTrack
 
 PLAN_FAILED = -1  # the index of the single task a failed plan emits
+REQUEST_DONE = -2  # the index of the single task of a request an earlier run finished (its row in ``result``)
 
 REQUEST_TYPE = arrow_struct(Request)
 IDENTITY_TYPE = arrow_struct(RequestIdentity)
@@ -126,6 +130,7 @@ class WindowTask:
     prepare_node: Optional[str] = None  # Ray node ids of the actors that prepared and edited it
     edit_node: Optional[str] = None
     payload: Optional[bytes] = arrow_field(pa.large_binary(), default=None)  # prepared arrays (npz), prepare → edit
+    result: Optional[ResultRow] = None  # a finished request's row (REQUEST_DONE): skipped, found by the plan stage
 
     @property
     def pending(self) -> bool:
@@ -134,6 +139,10 @@ class WindowTask:
     @property
     def plan_failed(self) -> bool:
         return self.index == PLAN_FAILED
+
+    @property
+    def request_done(self) -> bool:
+        return self.index == REQUEST_DONE
 
     @property
     def fused(self) -> bool:
@@ -167,10 +176,10 @@ class WindowTask:
 
 @dataclass
 class RequestRow:
-    """The plan stage's input: one request to do, with its identity."""
+    """The plan stage's input: one request to do; its identity is looked up by the plan stage where not given."""
 
     request: Request
-    identity: RequestIdentity
+    identity: Optional[RequestIdentity] = None
 
 
 TASK_SCHEMA = arrow_schema(WindowTask)

@@ -4,7 +4,8 @@ result manifest is read by users; the task schema moves windows between Ray Data
 the request identity column of the task and plan-input schemas, ``inputs`` then, is ``identity``; and the fused
 long-video mode (issue 31) added ``fusion`` to the request struct and the result manifest and ``group`` (a fused
 group's member windows) to the task schema; the alignment and subject columns (issue 30) added ``align_mode``,
-``source_subject`` and ``driving_subject`` to the request struct and the two subjects' tracks to the task schema.
+``source_subject`` and ``driving_subject`` to the request struct and the two subjects' tracks to the task schema;
+the plan stage's done check (issue 29) the ``result`` of a finished request to the task schema.
 And the helper
 itself: hints → Arrow types, per-field declarations, the value round trip; the alignment transform's dict
 boundary."""
@@ -53,19 +54,6 @@ OLD_MODEL_IDENTITY_TYPE = pa.map_(pa.string(), pa.string())
 OLD_REQUEST_IDENTITY_TYPE = pa.struct([("source", pa.string()), ("driving", pa.string()), ("key", pa.string())])
 OLD_GROUP_WINDOW_TYPE = pa.struct([("index", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
                                    ("window_id", pa.string()), ("uri", pa.string())])  # a fused group's member
-OLD_SUBJECT_TRACK_TYPE = pa.struct([("frames", pa.list_(pa.int64())),  # a chosen person's boxes over a task
-                                    ("boxes", pa.list_(pa.list_(pa.float64())))])
-OLD_TASK_SCHEMA = pa.schema([
-    ("request", OLD_REQUEST_TYPE), ("identity", OLD_REQUEST_IDENTITY_TYPE), ("plan", OLD_PLAN_TYPE),
-    ("window_id", pa.string()),
-    ("index", pa.int32()), ("count", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
-    ("source_indices", pa.list_(pa.int64())), ("driving_indices", pa.list_(pa.int64())), ("uri", pa.string()),
-    ("group", pa.list_(OLD_GROUP_WINDOW_TYPE)),
-    ("source_subject", OLD_SUBJECT_TRACK_TYPE), ("driving_subject", OLD_SUBJECT_TRACK_TYPE),
-    ("status", pa.string()), ("error", pa.string()), ("times", OLD_TIMES_TYPE),
-    ("model_identity", OLD_MODEL_IDENTITY_TYPE),
-    ("prepare_node", pa.string()), ("edit_node", pa.string()), ("payload", pa.large_binary()),
-])
 OLD_RESULT_SCHEMA = pa.schema([
     pa.field("request_id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
@@ -101,6 +89,21 @@ OLD_RESULT_SCHEMA = pa.schema([
     pa.field("bytes_written", pa.int64()),
     pa.field("manifest_row", pa.int32()),
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+])
+OLD_RESULT_TYPE = pa.struct(list(OLD_RESULT_SCHEMA))  # a finished request's row, found by the plan stage
+OLD_SUBJECT_TRACK_TYPE = pa.struct([("frames", pa.list_(pa.int64())),  # a chosen person's boxes over a task
+                                    ("boxes", pa.list_(pa.list_(pa.float64())))])
+OLD_TASK_SCHEMA = pa.schema([
+    ("request", OLD_REQUEST_TYPE), ("identity", OLD_REQUEST_IDENTITY_TYPE), ("plan", OLD_PLAN_TYPE),
+    ("window_id", pa.string()),
+    ("index", pa.int32()), ("count", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
+    ("source_indices", pa.list_(pa.int64())), ("driving_indices", pa.list_(pa.int64())), ("uri", pa.string()),
+    ("group", pa.list_(OLD_GROUP_WINDOW_TYPE)),
+    ("source_subject", OLD_SUBJECT_TRACK_TYPE), ("driving_subject", OLD_SUBJECT_TRACK_TYPE),
+    ("status", pa.string()), ("error", pa.string()), ("times", OLD_TIMES_TYPE),
+    ("model_identity", OLD_MODEL_IDENTITY_TYPE),
+    ("prepare_node", pa.string()), ("edit_node", pa.string()), ("payload", pa.large_binary()),
+    ("result", OLD_RESULT_TYPE),
 ])
 
 

@@ -15,10 +15,10 @@ import pytest
 from pipelines.batch.config import ProcessingOptions, RunConfig, StageResources
 from pipelines.batch.driver import triage
 from pipelines.batch.finish import finish_request, skipped_row
-from pipelines.batch.identity import NON_OUTPUT_OPTIONS, OUTPUT_OPTIONS, request_identity
+from pipelines.batch.identity import NON_OUTPUT_OPTIONS, OUTPUT_OPTIONS, model_key, request_identity
 from pipelines.batch.requests import parse_row, read_manifest, write_manifest
 from pipelines.batch.single import edit_request
-from pipelines.batch.stages import Conditioner, edit_task, plan_request, prepare_task
+from pipelines.batch.stages import Conditioner, edit_task, plan_request, plan_row, prepare_task
 from pipelines.batch.tasks import PLAN_FAILED, TASK_SCHEMA, RequestPlan, WindowTask, tasks_from_table, tasks_to_table
 from pipelines.conditioning.align import AlignTransform
 from pipelines.conditioning.window_inputs import MODEL_INPUTS
@@ -273,9 +273,16 @@ def _finished(cfg, tmp_path):
 
 
 def _triaged(man, cfg):
-    rows = []
-    todo = triage(man, cfg, rows.append)
-    return [t.request.request_id for t in todo], [(r.request_id, r.status) for r in rows]
+    """The driver's triage, then the plan stage's done check (:func:`plan_row`): (planned, rows)."""
+    rows, planned = [], []
+    for row in triage(man, cfg, rows.append):
+        assert row.identity is None  # the driver looks nothing up per request
+        tasks = plan_row(row, cfg, FakeConditioner(), model_key(cfg.model))
+        if tasks[0].request_done:
+            rows.append(tasks[0].result)
+        else:
+            planned.append(row.request.request_id)
+    return planned, [(r.request_id, r.status) for r in rows]
 
 
 @pytest.mark.parametrize("option", OUTPUT_OPTIONS)
